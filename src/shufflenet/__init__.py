@@ -1,0 +1,49 @@
+"""ShuffleNet image classifiers as deployable software.
+
+``import shufflenet`` needs only the base install (numpy, onnx, onnxruntime, pillow) and never
+imports torch; torch-backed functions import it when called.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CheckFailedError,
+    MissingDependencyError,
+    ShuffleNetError,
+    UnknownVariantError,
+    UnsafeFileError,
+    WeightsError,
+)
+from .specs import Preprocess, VariantSpec, get_spec, list_variants
+from .weights import load_weights, random_weights, save_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "ShuffleNetError",
+    "UnknownVariantError",
+    "WeightsError",
+    "UnsafeFileError",
+    "MissingDependencyError",
+    "CheckFailedError",
+    "Preprocess",
+    "VariantSpec",
+    "get_spec",
+    "list_variants",
+    "load_weights",
+    "save_weights",
+    "random_weights",
+    "build_model",
+]
+
+
+def build_model(name: str, *, weights=None, num_classes: int | None = None, seed: int | None = None):
+    """An eval-mode ``torch.nn.Module`` for a registry variant (needs the ``torch`` extra).
+
+    ``weights``: None (seeded random init), a numpy dict, a path (.pth .safetensors .npz), or a
+    weights spec string ("random", "random:SEED", a path).
+    """
+    from .torch_models import build_model as _build
+
+    return _build(name, weights=weights, num_classes=num_classes, seed=seed)

@@ -1,0 +1,363 @@
+"""Weights as plain ``dict[str, numpy.ndarray]``, and the files they live in.
+
+Keys follow the variant's naming (torchvision's for V2, Caffe2 blob names for the zoo's V1).
+Formats: ``.npz`` and ``.safetensors`` are read and written here with numpy alone; ``.pth``/``.pt``
+need torch and are only ever loaded with ``weights_only=True``. Nothing here executes code from a
+file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._calibrate import calibrate
+from .errors import MissingDependencyError, UnsafeFileError, WeightsError
+from .specs import Graph, VariantSpec, get_spec
+
+__all__ = [
+    "WeightSource",
+    "random_weights",
+    "load_weights",
+    "save_weights",
+    "conform",
+    "infer_num_classes",
+    "resolve_weights",
+    "sha256_file",
+    "weights_digest",
+]
+
+Weights = dict[str, np.ndarray]
+
+WEIGHT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt")
+
+# --------------------------------------------------------------------------- random init
+
+
+def random_weights(variant: str | VariantSpec, *, seed: int = 0, num_classes: int = 1000) -> Weights:
+    """Seeded random weights that behave like a trained network's, numerically.
+
+    He-normal convolutions, BatchNorm affine parameters away from identity, and BN running
+    statistics measured on a seeded batch (see ``_calibrate``) so activations stay of order one
+    through every residual add; the classifier is centred on the pooled features so logits are
+    of order one and depend on the input. No torch needed.
+    """
+    spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
+    graph = spec.graph(num_classes)
+    rng = np.random.default_rng(seed)
+    out: Weights = {}
+    for key, p in graph.param_table().items():
+        if p.role == "num_batches_tracked":
+            out[key] = np.array(0, dtype=np.int64)
+            continue
+        if p.op == "conv" and p.role == "weight":
+            fan_in = int(np.prod(p.shape[1:]))
+            arr = rng.normal(0.0, np.sqrt(2.0 / fan_in), p.shape)
+        elif p.op == "linear" and p.role == "weight":
+            arr = rng.normal(0.0, 1.0 / np.sqrt(p.shape[1]), p.shape)
+        elif p.op == "bn" and p.role == "weight":
+            arr = rng.uniform(0.5, 1.5, p.shape)
+        elif p.role == "running_var":
+            arr = rng.uniform(0.5, 2.0, p.shape)
+        elif p.role == "running_mean":
+            arr = rng.normal(0.0, 0.1, p.shape)
+        else:  # biases (conv, bn, linear)
+            arr = rng.normal(0.0, 0.05, p.shape)
+        out[key] = arr.astype(np.float32)
+    calibrate(graph, out, rng)
+    return out
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def infer_num_classes(weights: Mapping[str, np.ndarray], spec: VariantSpec) -> int | None:
+    """The classifier's output count in these weights, or None when the key is absent."""
+    graph = spec.graph()
+    head = next(n for n in graph.nodes if n.op == "linear")
+    w = weights.get(head.params["weight"])
+    return None if w is None or np.ndim(w) != 2 else int(np.shape(w)[0])
+
+
+def conform(weights: Mapping[str, np.ndarray], graph: Graph, *, what: str = "weights") -> Weights:
+    """Check ``weights`` against the graph and return them in graph order with the right dtypes.
+
+    Raises WeightsError naming the first missing key, unexpected key or shape mismatch. BN
+    ``num_batches_tracked`` counters may be absent (older torchvision checkpoints lack them, and
+    torch's BatchNorm fills them the same way).
+    """
+    table = graph.param_table()
+    extra = [k for k in weights if k not in table]
+    if extra:
+        raise WeightsError(f"{what}: unexpected key {extra[0]!r} ({len(extra)} unexpected in all); "
+                           f"are these weights for another architecture?")
+    out: Weights = {}
+    missing = []
+    for key, p in table.items():
+        if key not in weights:
+            if p.role == "num_batches_tracked":
+                out[key] = np.array(0, dtype=np.int64)
+                continue
+            missing.append(key)
+            continue
+        arr = np.asarray(weights[key])
+        if tuple(arr.shape) != p.shape:
+            raise WeightsError(f"{what}: {key!r} has shape {tuple(arr.shape)}, the architecture "
+                               f"needs {p.shape}")
+        if p.dtype == "float32":
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise WeightsError(f"{what}: {key!r} has dtype {arr.dtype}, expected floating point")
+            if not np.all(np.isfinite(arr)):
+                raise WeightsError(f"{what}: {key!r} holds NaN or infinite values")
+            arr = arr.astype(np.float32, copy=False)
+        else:
+            arr = arr.astype(np.int64, copy=False)
+        out[key] = arr
+    if missing:
+        raise WeightsError(f"{what}: missing key {missing[0]!r} ({len(missing)} missing in all); "
+                           f"are these weights for another architecture?")
+    return out
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    """sha256 over keys, dtypes, shapes and bytes in sorted key order: identifies the values."""
+    h = hashlib.sha256()
+    for key in sorted(weights):
+        arr = np.asarray(weights[key], order="C")
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_weights(path: str | os.PathLike) -> Weights:
+    """Read a weights file into a numpy dict (no architecture check; see :func:`conform`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            return _load_npz(path)
+        if suffix == ".safetensors":
+            return _load_safetensors(path)
+        if suffix in (".pth", ".pt"):
+            return _load_torch(path)
+    except (WeightsError, UnsafeFileError, MissingDependencyError):
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise WeightsError(f"cannot read weights from {path}: {e}") from None
+    raise WeightsError(f"unsupported weights file {path.name!r}: expected one of "
+                       f"{', '.join(WEIGHT_SUFFIXES)}")
+
+
+def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike,
+                 *, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a numpy dict as .npz or .safetensors (or .pth with torch), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise WeightsError(f"unsupported weights file {path.name!r}: expected one of "
+                           f"{', '.join(WEIGHT_SUFFIXES)}")
+    arrays = {k: np.asarray(v, order="C") for k, v in weights.items()}  # keeps 0-d
+
+    def write(tmp: Path) -> None:
+        if suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        elif suffix == ".safetensors":
+            tmp.write_bytes(_safetensors_bytes(arrays, metadata))
+        else:
+            torch = _import_torch("writing .pth files")
+            torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
+
+    return atomic_write(path, write)
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _load_npz(path: Path) -> Weights:
+    # allow_pickle=False: an object array in the file raises instead of unpickling
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+_ST_MAX_HEADER = 100 << 20  # the format's own limit
+
+
+def _load_safetensors(path: Path) -> Weights:
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise WeightsError(f"{path}: too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > _ST_MAX_HEADER or 8 + n > len(data):
+        raise WeightsError(f"{path}: safetensors header length {n} is out of range")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: bad safetensors header: {e}") from None
+    buf = memoryview(data)[8 + n:]
+    out: Weights = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+            shape = tuple(int(s) for s in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"{path}: tensor {key!r} has an unsupported or malformed entry") from None
+        if not 0 <= start <= end <= len(buf) or end - start != dtype.itemsize * int(np.prod(shape)):
+            raise WeightsError(f"{path}: tensor {key!r} has data offsets that do not fit its shape")
+        out[key] = np.frombuffer(buf[start:end], dtype=dtype.newbyteorder("<")).reshape(shape).copy()
+    return out
+
+
+def _safetensors_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None) -> bytes:
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for key, arr in arrays.items():
+        if arr.dtype not in _ST_NAMES:
+            raise WeightsError(f"cannot store {key!r} of dtype {arr.dtype} in safetensors")
+        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[key] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
+                       "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
+    return struct.pack("<Q", len(head)) + head + b"".join(blobs)
+
+
+def _import_torch(why: str):
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(f"{why} needs PyTorch: pip install 'shufflenet[torch]'") from None
+    return torch
+
+
+def _load_torch(path: Path) -> Weights:
+    torch = _import_torch(f"reading {path.suffix} files")
+    try:
+        # weights_only=True: only tensors and plain containers; anything needing code is refused
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError ... for refused content
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in str(e).lower():
+            raise UnsafeFileError(f"{path}: refused, the checkpoint needs code execution to load "
+                                  f"({msg})") from None
+        raise WeightsError(f"cannot read {path}: {msg}") from None
+    return _state_dict_to_numpy(obj, path)
+
+
+def _state_dict_to_numpy(obj, path: Path) -> Weights:
+    import torch
+
+    # common wrappers: {"state_dict": ...}, {"model": ...}, {"model_ema": ...}
+    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    out: Weights = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        k = k.removeprefix("module.")  # DataParallel / DDP wrappers
+        out[k] = v.detach().cpu().numpy().copy()
+    return out
+
+
+# --------------------------------------------------------------------------- one spelling
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where weights came from, for provenance in exported models and reports."""
+
+    kind: str  # "random" | "file" | "dict"
+    description: str
+    sha256: str  # of the file when there is one, else of the values (weights_digest)
+    seed: int | None = None
+
+
+def resolve_weights(
+    source: str | os.PathLike | Mapping[str, np.ndarray] | None,
+    variant: str | VariantSpec,
+    *,
+    num_classes: int | None = None,
+    seed: int | None = None,
+) -> tuple[Weights, WeightSource, int]:
+    """Turn any accepted weights spelling into checked weights.
+
+    ``source``: None or "random" (seed from ``seed``, default 0), "random:SEED", a path to a
+    weights file, or a numpy dict. Returns (weights in graph order, provenance, num_classes).
+    ``num_classes`` that contradicts the weights raises WeightsError.
+    """
+    spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
+    if source is None or (isinstance(source, str) and (source == "random" or source.startswith("random:"))):
+        if isinstance(source, str) and source.startswith("random:"):
+            text = source.split(":", 1)[1]
+            if not text.isdigit():
+                raise WeightsError(f"bad weights spec {source!r}: expected random:SEED with an integer seed")
+            if seed is not None and int(text) != seed:
+                raise WeightsError(f"weights {source!r} and seed={seed} disagree")
+            seed = int(text)
+        seed = 0 if seed is None else seed
+        n = 1000 if num_classes is None else num_classes
+        w = random_weights(spec, seed=seed, num_classes=n)
+        return w, WeightSource("random", f"random:{seed}", weights_digest(w), seed), n
+    if seed is not None:
+        raise WeightsError("seed only applies to random weights; it conflicts with the given weights")
+    if isinstance(source, Mapping):
+        raw, desc, digest, kind = dict(source), "<numpy dict>", None, "dict"
+    else:
+        if str(source) == "torchvision":
+            raise WeightsError("downloading published weights is not available in this version; "
+                               "pass a path to the checkpoint instead")
+        path = Path(source)
+        raw, desc, digest, kind = load_weights(path), str(path), sha256_file(path), "file"
+    found = infer_num_classes(raw, spec)
+    if num_classes is not None and found is not None and found != num_classes:
+        raise WeightsError(f"num_classes={num_classes} contradicts the weights, whose classifier "
+                           f"has {found} outputs")
+    n = found or num_classes or 1000
+    w = conform(raw, spec.graph(n), what=desc)
+    return w, WeightSource(kind, desc, digest or weights_digest(w)), n

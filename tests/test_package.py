@@ -1,0 +1,35 @@
+"""The base install: import without torch, the CLI front."""
+
+import json
+import subprocess
+import sys
+
+from shufflenet.cli import main
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, shufflenet; shufflenet.random_weights('shufflenet_v2_x0_5'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_help_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "shufflenet", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "list" in out.stdout
+
+
+def test_cli_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "shufflenet_v2_x1_0" in out and "2,278,604" in out and "144.9M" in out
+    assert main(["list", "--json", "--family", "shufflenet_v1_caffe2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["shufflenet_v1_caffe2"] and rows[0]["params"] == 1_393_320
+
+
+def test_cli_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    try:
+        main(["nope"])
+    except SystemExit as e:
+        assert e.code == 2
