@@ -18,6 +18,22 @@ CALIB_SIZE = 224  # the deployed crop: pooled-feature statistics depend on it
 CALIB_BATCH = 6  # enough to centre the classifier; ~0.3 s for V2 x1.0
 
 
+MAX_GAIN = 4.0
+
+
+def calibration_images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """Normalised-image-like inputs: smooth colour fields with edges plus a little noise.
+
+    White noise pools to nearly the same features for every sample; photographs do not. These
+    blocky fields vary between samples at every scale, like images do.
+    """
+    coarse = rng.standard_normal((n, 3, 8, 8))
+    cells = -(-size // 8)
+    x = np.repeat(np.repeat(coarse, cells, axis=2), cells, axis=3)[:, :, :size, :size]
+    x += 0.5 * rng.standard_normal((n, 3, 1, 1)) + 0.3 * rng.standard_normal(x.shape)
+    return x.astype(np.float32)
+
+
 def _windows(x: np.ndarray, k: int, stride: int, pad: int, fill: float) -> np.ndarray:
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
     return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # N C Ho Wo k k
@@ -36,7 +52,7 @@ def _conv(x, w, b, stride, pad, groups):
 
 def calibrate(graph: Graph, weights: dict[str, np.ndarray], rng: np.random.Generator) -> None:
     """Set BN running stats and the classifier in ``weights`` in place (see module doc)."""
-    x = rng.standard_normal((CALIB_BATCH, 3, CALIB_SIZE, CALIB_SIZE)).astype(np.float32)
+    x = calibration_images(rng, CALIB_BATCH, CALIB_SIZE)
     env = {graph.input: x}
     for node in graph.nodes:
         a, ins = node.attrs, [env[i] for i in node.inputs]
@@ -73,10 +89,11 @@ def calibrate(graph: Graph, weights: dict[str, np.ndarray], rng: np.random.Gener
         elif node.op == "flatten":
             ys = [x.reshape(len(x), -1)]
         elif node.op == "linear":
-            # standardise the features across the batch so the logits depend on the input
-            mu, sd = x.mean(0), x.std(0)
-            sd = np.maximum(sd, 0.1 * max(float(sd.mean()), 1e-6))
-            w = p["weight"] / sd[None, :]
+            # centre on the batch's mean feature and raise the gain (at most MAX_GAIN, so logits
+            # stay well conditioned) until the logits vary across inputs with std ~1
+            mu = x.mean(0)
+            spread = float(np.std(x @ p["weight"].T, axis=0).mean())
+            w = p["weight"] * min(MAX_GAIN, 1.0 / max(spread, 1e-6))
             b = p["bias"] - w @ mu
             weights[node.params["weight"]], weights[node.params["bias"]] = w.astype(np.float32), b.astype(np.float32)
             ys = [x @ w.T + b]

@@ -82,12 +82,12 @@ class ShuffleNet(_Holder):
         for node, refs in self._plan:
             p = {role: getattr(m, name) for role, (m, name) in refs.items()}
             ins = [env[i] for i in node.inputs]
-            env.update(zip(node.outputs, self._apply(node, ins, p)))
+            env.update(zip(node.outputs, self._op(node, ins, p)))
             if all(o in env for o in outputs):
                 break
         return [env[o] for o in outputs]
 
-    def _apply(self, node, ins, p):
+    def _op(self, node, ins, p):
         a, x = node.attrs, ins[0]
         op = node.op
         if op == "conv":
