@@ -64,9 +64,106 @@ def _add_list(sub) -> None:
     p.set_defaults(handler=_cmd_list)
 
 
+# --------------------------------------------------------------------------- export
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .validate import export_to
+
+    info = export_to(
+        args.variant, args.output, test_data=args.test_data, tar=args.tar, name=args.name,
+        opset=args.opset, weights=args.weights, batch=args.batch, keep_batchnorm=args.keep_batchnorm,
+        input_name=args.input_name, output_name=args.output_name, num_classes=args.num_classes,
+    )
+    if args.json:
+        _print_json(info)
+        return 0
+    for key in ("model", "bundle", "tar"):
+        if key in info:
+            print(f"{key:8s} {info[key]}")
+    print(f"opset    {info['opset']}   nodes {info['nodes']}   {info['input']} -> {info['output']}")
+    print(f"weights  {info['weights']}   batchnorm {info['batchnorm']}")
+    print(f"size     {info['bytes']:,} bytes   sha256 {info['sha256']}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+WEIGHTS_HELP = ("torchvision | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
+                "the same architecture); default random:0")
+
+
+def _add_export(sub) -> None:
+    from .onnx_export import DEFAULT_OPSET, MIN_OPSET, newest_opset
+
+    p = sub.add_parser("export", help="write a variant as ONNX at any opset (optionally a zoo-style bundle)",
+                       description="Write a registry variant as ONNX, directly from its description "
+                                   "(no torch). With --test-data K, -o is a folder that receives "
+                                   "<name>/model.onnx and <name>/test_data_set_0..K-1.")
+    p.add_argument("variant", help="registry name (see `shufflenet list`)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file, or the folder for a bundle")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"{MIN_OPSET}..{newest_opset()} (default {DEFAULT_OPSET})")
+    p.add_argument("--weights", default="random", help=WEIGHTS_HELP)
+    p.add_argument("--batch", type=_positive_int, help="fix the batch size (default: dynamic)")
+    p.add_argument("--keep-batchnorm", action="store_true",
+                   help="emit BatchNormalization nodes instead of folding them into Conv")
+    p.add_argument("--input-name", help="graph input name (default: the zoo's, e.g. 'input')")
+    p.add_argument("--output-name", help="graph output name (default: the zoo's, e.g. 'output')")
+    p.add_argument("--num-classes", type=_positive_int, help="classifier outputs (default: from the weights, else 1000)")
+    p.add_argument("--test-data", type=_positive_int, default=0, metavar="K",
+                   help="write a bundle with K test sets (generated images, one set with batch 3)")
+    p.add_argument("--tar", action="store_true", help="also pack <name>.tar.gz as the zoo ships bundles")
+    p.add_argument("--name", help="bundle name (default: <variant>-<opset>)")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.set_defaults(handler=_cmd_export)
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate
+
+    report = validate(args.path, threads=args.threads)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0 if report.passed else 1
+    print(f"{report.path}: {report.model} (opset {report.opset})")
+    print(f"checker  {report.checker}")
+    print(f"engine   {report.engine}")
+    rows = []
+    for s in report.sets:
+        where = "" if s.passed else f"{s.tensor}[{','.join(map(str, s.worst_index))}] expected {s.expected:.6g} got {s.got:.6g}"
+        top1 = "-" if s.top1_match is None else f"{s.top1_match:.0%}"
+        rows.append([s.name, "ok" if s.passed else "FAIL", f"{s.max_abs_err:.2e}", f"{s.max_rel_err:.2e}",
+                     top1, where])
+    _print_table(rows, ["test set", "result", "max abs", "max rel", "top-1", "worst mismatch"])
+    print("PASSED" if report.passed else "FAILED", f"(rtol 1e-3, atol 1e-5)")
+    return 0 if report.passed else 1
+
+
+def _add_validate(sub) -> None:
+    p = sub.add_parser("validate", help="check a model against its test data as the zoo does",
+                       description="PATH: a .onnx with test_data_set_* beside it, a bundle folder, "
+                                   "or a .tar.gz. Exit 0 all pass, 1 a mismatch, 2 unusable input.")
+    p.add_argument("path")
+    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.set_defaults(handler=_cmd_validate)
+
+
 # --------------------------------------------------------------------------- main
 
-SUBCOMMANDS = [_add_list]
+SUBCOMMANDS = [_add_list, _add_export, _add_validate]
 
 
 def build_parser() -> argparse.ArgumentParser:

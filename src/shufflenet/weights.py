@@ -38,7 +38,7 @@ __all__ = [
 
 Weights = dict[str, np.ndarray]
 
-WEIGHT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt")
+WEIGHT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt")  # and .onnx, read by weights_from_onnx
 
 # --------------------------------------------------------------------------- random init
 
@@ -353,7 +353,11 @@ def resolve_weights(
             raise WeightsError("downloading published weights is not available in this version; "
                                "pass a path to the checkpoint instead")
         path = Path(source)
-        raw, desc, digest, kind = load_weights(path), str(path), sha256_file(path), "file"
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            raw = weights_from_onnx(path, spec, num_classes)
+        else:
+            raw = load_weights(path)
+        desc, digest, kind = str(path), sha256_file(path), "file"
     found = infer_num_classes(raw, spec)
     if num_classes is not None and found is not None and found != num_classes:
         raise WeightsError(f"num_classes={num_classes} contradicts the weights, whose classifier "
@@ -361,3 +365,102 @@ def resolve_weights(
     n = found or num_classes or 1000
     w = conform(raw, spec.graph(n), what=desc)
     return w, WeightSource(kind, desc, digest or weights_digest(w)), n
+
+
+# --------------------------------------------------------------------------- ONNX initializers
+
+
+def weights_from_onnx(path: str | os.PathLike, spec: VariantSpec, num_classes: int | None = None) -> Weights:
+    """The weights of a .onnx of the same architecture (ours, the zoo's, a torch export).
+
+    Matched by name first (our keys; Caffe2 converter names with their ``_0`` suffix), then by
+    structure: the Conv / BatchNormalization / Gemm nodes in graph order against the description,
+    shapes checked. A model whose BatchNorms were folded into its convolutions gives the same
+    network with identity BatchNorms (gamma 1, beta = folded bias, mean 0, var 1 - eps).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise WeightsError(f"{path}: not a readable ONNX model ({e})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise WeightsError(f"{path}: models with external-data initializers are not read as weights")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if num_classes is None:
+        gemm = next((n for n in model.graph.node if n.op_type == "Gemm"), None)
+        if gemm is not None and gemm.input[1] in inits:
+            transb = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+            num_classes = int(inits[gemm.input[1]].shape[0 if transb else 1])
+    graph = spec.graph(num_classes or 1000)
+    table = graph.param_table()
+    by_name: Weights = {}
+    for key, p in table.items():
+        for cand in (key, f"{key}_0"):
+            if cand in inits:
+                by_name[key] = inits[cand]
+                break
+    float_keys = [k for k, p in table.items() if p.dtype == "float32"]
+    if all(k in by_name for k in float_keys):
+        return by_name
+    return _weights_by_structure(model, inits, graph, path)
+
+
+def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
+    from onnx import helper
+
+    onnx_layers = []
+    for n in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type in ("Conv", "BatchNormalization", "Gemm"):
+            missing = [i for i in n.input[1:] if i and i not in inits]
+            if missing:
+                raise WeightsError(f"{path}: {n.op_type} node {n.name or n.output[0]} reads "
+                                   f"{missing[0]!r}, which is not an initializer")
+            arrays = [inits[i] for i in n.input[1:] if i]
+            if n.op_type == "Gemm" and not attrs.get("transB", 0):
+                arrays[0] = arrays[0].T
+            onnx_layers.append((n.op_type, arrays))
+    ours = [n for n in graph.nodes if n.op in ("conv", "bn", "linear")]
+    has_bn = any(op == "BatchNormalization" for op, _ in onnx_layers)
+    if not has_bn:
+        ours_layers = [n for n in ours if n.op != "bn"]
+    else:
+        ours_layers = ours
+    if len(onnx_layers) != len(ours_layers):
+        raise WeightsError(f"{path}: {len(onnx_layers)} Conv/BatchNormalization/Gemm nodes, the "
+                           f"architecture has {len(ours_layers)}; not the same network")
+    kind = {"Conv": "conv", "BatchNormalization": "bn", "Gemm": "linear"}
+    table = graph.param_table()
+    out: Weights = {}
+    pending_bias: dict[str, np.ndarray] = {}
+    for (op, arrays), node in zip(onnx_layers, ours_layers):
+        if kind[op] != node.op:
+            raise WeightsError(f"{path}: found {op} where the architecture has {node.op} "
+                               f"({node.output}); not the same network")
+        roles = {"conv": ("weight", "bias"), "linear": ("weight", "bias"),
+                 "bn": ("weight", "bias", "running_mean", "running_var")}[node.op]
+        for role, arr in zip(roles, arrays):
+            if role == "bias" and node.op == "conv" and "bias" not in node.params:
+                pending_bias[node.output] = arr  # a folded BN's bias
+                continue
+            key = node.params[role]
+            if tuple(arr.shape) != table[key].shape:
+                raise WeightsError(f"{path}: {op} parameter for {key!r} has shape {tuple(arr.shape)}, "
+                                   f"the architecture needs {table[key].shape}")
+            out[key] = arr
+    if not has_bn:  # folded: identity BatchNorms carry the conv biases
+        for bn in (n for n in graph.nodes if n.op == "bn"):
+            conv_out = bn.inputs[0]
+            c = bn.attrs["channels"]
+            folded_bias = pending_bias.pop(conv_out, None)
+            conv = next(n for n in graph.nodes if n.output == conv_out)
+            if "bias" in conv.params:  # the folded bias sits in the conv's own slot
+                folded_bias, out[conv.params["bias"]] = out[conv.params["bias"]], np.zeros(c, np.float32)
+            out[bn.params["weight"]] = np.ones(c, np.float32)
+            out[bn.params["bias"]] = np.zeros(c, np.float32) if folded_bias is None else folded_bias
+            out[bn.params["running_mean"]] = np.zeros(c, np.float32)
+            out[bn.params["running_var"]] = np.full(c, 1.0 - bn.attrs["eps"], np.float32)
+    return out

@@ -1,0 +1,219 @@
+"""The Model Zoo's bundle layout, and archives treated as untrusted.
+
+A bundle is ``<name>/model.onnx`` plus ``<name>/test_data_set_<k>/{input_0,output_0}.pb``
+(TensorProtos named after the graph's input and output); ``<name>.tar.gz`` holds the same tree.
+Extraction never calls ``tarfile.extract``: each member is checked (no absolute paths, no ``..``,
+only regular files and folders, capped count and size) and its bytes are copied by us into a temp
+folder that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ShuffleNetError, UnsafeFileError
+from .weights import atomic_write
+
+__all__ = ["BundleError", "TestSet", "write_bundle", "pack_tar", "safe_extract", "find_test_sets",
+           "load_model_checked", "MAX_MEMBERS", "MAX_UNPACKED_BYTES"]
+
+MAX_MEMBERS = 10_000  # a bundle has a model and a few test sets
+MAX_UNPACKED_BYTES = 4 << 30  # larger than any ShuffleNet bundle by two orders of magnitude
+
+
+class BundleError(ShuffleNetError, ValueError):
+    """A bundle or archive that cannot be used as one."""
+
+
+@dataclass(frozen=True)
+class TestSet:
+    path: Path
+    inputs: list[tuple[str, np.ndarray]]
+    outputs: list[tuple[str, np.ndarray]]
+
+    __test__ = False  # not a pytest class
+
+
+def write_bundle(model: onnx.ModelProto, out_dir: str | os.PathLike, name: str,
+                 sets: list[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write ``<out_dir>/<name>/`` (model + test sets); an existing bundle is replaced whole."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise BundleError(f"bundle name {name!r} must be a plain file name")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
+    try:
+        (tmp / "model.onnx").write_bytes(model.SerializeToString())
+        for k, (x, y) in enumerate(sets):
+            d = tmp / f"test_data_set_{k}"
+            d.mkdir()
+            (d / "input_0.pb").write_bytes(numpy_helper.from_array(x, in_name).SerializeToString())
+            (d / "output_0.pb").write_bytes(numpy_helper.from_array(y, out_name).SerializeToString())
+        return _replace_dir(tmp, out_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(src: Path, dest: Path) -> Path:
+    """Rename ``src`` to ``dest``; an existing ``dest`` is moved aside first, then removed."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
+    """``<name>.tar.gz`` holding ``<name>/...`` as the zoo's downloads do; written atomically."""
+    bundle_dir = Path(bundle_dir)
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for path in sorted(bundle_dir.rglob("*")):
+                arc = f"{bundle_dir.name}/{path.relative_to(bundle_dir).as_posix()}"
+                info = tar.gettarinfo(str(path), arcname=arc)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0  # reproducible archives
+                if path.is_file():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+
+    return atomic_write(Path(tar_path), write)
+
+
+def _member_path(root: Path, name: str) -> Path:
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or "\\" in name:
+        raise UnsafeFileError(f"archive member {name!r} has an absolute or non-portable path")
+    if any(part == ".." for part in name.split("/")):
+        raise UnsafeFileError(f"archive member {name!r} contains '..'")
+    target = (root / name).resolve()
+    if os.path.commonpath([str(root.resolve()), str(target)]) != str(root.resolve()):
+        raise UnsafeFileError(f"archive member {name!r} would land outside the target folder")
+    return target
+
+
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
+                 max_members: int = MAX_MEMBERS, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """Extract a .tar/.tar.gz into ``dest`` (which must not exist yet) after checking every member.
+
+    Refused: absolute paths, ``..``, symlinks, hardlinks, devices, FIFOs, more than
+    ``max_members`` members or ``max_bytes`` unpacked. Nothing is left at ``dest`` on failure.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise BundleError(f"extraction target {dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        try:
+            tar = tarfile.open(archive, "r:*")
+        except (tarfile.TarError, OSError) as e:
+            raise BundleError(f"{archive}: not a readable tar archive ({e})") from None
+        with tar:
+            total, count = 0, 0
+            for member in tar:
+                count += 1
+                if count > max_members:
+                    raise UnsafeFileError(f"{archive}: more than {max_members} members")
+                target = _member_path(tmp, member.name)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile():
+                    kind = ("symlink" if member.issym() else "hardlink" if member.islnk() else
+                            "device" if member.isdev() else "special file")
+                    raise UnsafeFileError(f"{archive}: member {member.name!r} is a {kind}; refused")
+                total += member.size
+                if total > max_bytes:
+                    raise UnsafeFileError(f"{archive}: unpacks to more than {max_bytes} bytes")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                with src, open(target, "xb") as f:  # "x": a repeated name cannot overwrite
+                    shutil.copyfileobj(src, f)
+        os.replace(tmp, dest)
+        return dest
+    except FileExistsError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UnsafeFileError(f"{archive}: member {Path(e.filename).name!r} appears twice") from None
+    except (tarfile.TarError, EOFError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ShuffleNetError):
+            raise
+        raise BundleError(f"{archive}: corrupt archive ({e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_tensor(path: Path) -> tuple[str, np.ndarray]:
+    t = onnx.TensorProto()
+    try:
+        t.ParseFromString(path.read_bytes())
+        return t.name, numpy_helper.to_array(t)
+    except Exception as e:  # protobuf raises DecodeError, numpy_helper ValueError/TypeError
+        raise BundleError(f"{path}: not a readable TensorProto ({e})") from None
+
+
+def find_test_sets(model_dir: str | os.PathLike) -> list[TestSet]:
+    """The ``test_data_set_*`` folders beside a model, in numeric order, read into arrays."""
+    model_dir = Path(model_dir)
+    dirs = [d for d in model_dir.iterdir() if d.is_dir() and re.fullmatch(r"test_data_set_\d+", d.name)]
+    sets = []
+    for d in sorted(dirs, key=lambda d: int(d.name.rsplit("_", 1)[1])):
+        def files(kind):
+            found = [f for f in d.iterdir() if re.fullmatch(rf"{kind}_\d+\.pb", f.name)]
+            return [_read_tensor(f) for f in sorted(found, key=lambda f: int(f.stem.split("_")[1]))]
+        sets.append(TestSet(d, files("input"), files("output")))
+    return sets
+
+
+def load_model_checked(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load a model; external-data initializers must lie inside the model's own folder."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise BundleError(f"{path}: not a readable ONNX model ({e})") from None
+    root = path.parent.resolve()
+    external = False
+    for t in _all_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        external = True
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if (not location or os.path.isabs(location) or (root / location).is_symlink()
+                or os.path.commonpath([str(root), str(target)]) != str(root)):
+            raise UnsafeFileError(f"{path}: initializer {t.name!r} points outside the model folder "
+                                  f"({location!r}); refused")
+        if not target.is_file():
+            raise BundleError(f"{path}: external data {location!r} for {t.name!r} is missing")
+    if external:
+        onnx.load_external_data_for_model(model, str(root))
+    return model
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t

@@ -1,0 +1,200 @@
+"""Check a model against its test data the way the Model Zoo does, and build such bundles.
+
+``validate`` accepts a .onnx with ``test_data_set_*`` beside it, a bundle folder, or a .tar.gz
+(extracted safely into a temp folder). It runs ``onnx.checker`` (full check), then every test set,
+comparing with the zoo's tolerances (rtol 1e-3, atol 1e-5).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .bundle import BundleError, find_test_sets, load_model_checked, pack_tar, safe_extract, write_bundle
+from .onnx_export import export_onnx
+from .preprocess import preprocess_pil
+from .runtime import Runner
+from .specs import get_spec
+from .synthetic import synthetic_images
+
+__all__ = ["SetResult", "ValidationReport", "validate", "export_bundle", "RTOL", "ATOL"]
+
+RTOL, ATOL = 1e-3, 1e-5  # the ONNX Model Zoo's test tolerances
+
+
+@dataclass
+class SetResult:
+    name: str
+    tensor: str
+    passed: bool
+    max_abs_err: float
+    max_rel_err: float
+    worst_index: list[int]
+    expected: float
+    got: float
+    top1_match: float | None  # fraction of rows whose argmax agrees (2-D outputs)
+    mismatched: int  # elements outside the tolerance
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    model: str
+    opset: int
+    checker: str
+    engine: str
+    sets: list[SetResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.checker == "passed" and bool(self.sets) and all(s.passed for s in self.sets)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _compare(name: str, tensor: str, expected: np.ndarray, got: np.ndarray) -> SetResult:
+    if expected.shape != got.shape:
+        return SetResult(name, tensor, False, float("inf"), float("inf"), [], float("nan"), float("nan"),
+                         None, int(expected.size))
+    e64, g64 = expected.astype(np.float64), got.astype(np.float64)
+    diff = np.abs(g64 - e64)
+    bad = ~(diff <= ATOL + RTOL * np.abs(e64))  # NaN anywhere is a mismatch
+    rel = diff / np.maximum(np.abs(e64), np.finfo(np.float32).tiny)
+    # the worst element: the one furthest outside the tolerance (or the largest error)
+    excess = np.where(np.isnan(diff), np.inf, diff - RTOL * np.abs(e64))
+    worst = np.unravel_index(int(np.argmax(excess)), diff.shape) if diff.size else ()
+    top1 = None
+    if expected.ndim == 2 and expected.size:
+        top1 = float(np.mean(expected.argmax(1) == got.argmax(1)))
+    return SetResult(name, tensor, not bad.any(), float(np.max(diff, initial=0)), float(np.max(rel, initial=0)),
+                     [int(i) for i in worst], float(expected[worst]) if diff.size else float("nan"),
+                     float(got[worst]) if diff.size else float("nan"), top1, int(bad.sum()))
+
+
+def _locate(path: Path, tmp: Path) -> tuple[Path, Path]:
+    """(model file, folder holding the test sets) for any accepted PATH form."""
+    if not path.exists():
+        raise BundleError(f"{path}: no such file or folder")
+    if path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
+        path = safe_extract(path, tmp / "bundle")
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise BundleError(f"{path}: expected a .onnx, a bundle folder or a .tar.gz")
+        return path, path.parent
+    candidates = list(path.glob("model.onnx")) or list(path.glob("*.onnx"))
+    if not candidates:  # an archive's single top-level folder
+        subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith("test_data_set_")]
+        if len(subdirs) == 1:
+            candidates = list(subdirs[0].glob("model.onnx")) or list(subdirs[0].glob("*.onnx"))
+    if len(candidates) != 1:
+        raise BundleError(f"{path}: expected exactly one .onnx model, found {len(candidates)}")
+    return candidates[0], candidates[0].parent
+
+
+def validate(path: str | os.PathLike, *, threads: int | None = None) -> ValidationReport:
+    """Run the checker and every test set; see the module doc. Never raises for a mismatch."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="shufflenet-validate-") as tmp:
+        model_path, data_dir = _locate(path, Path(tmp))
+        model = load_model_checked(model_path)
+        sets = find_test_sets(data_dir)
+        if not sets:
+            raise BundleError(f"{data_dir}: no test_data_set_* folders beside {model_path.name}")
+        try:
+            onnx.checker.check_model(model, full_check=True)
+            checker = "passed"
+        except Exception as e:  # onnx raises ValidationError / InferenceError
+            checker = f"failed: {str(e).strip().splitlines()[0]}"
+        report = ValidationReport(str(path), model.graph.name, _opset(model), checker, "")
+        runner = Runner(model, threads=threads)
+        report.engine = runner.engine
+        for ts in sets:
+            feeds = {}
+            for k, (name, arr) in enumerate(ts.inputs):
+                feeds[name if name in runner.input_names else runner.input_names[k]] = arr
+            got = runner.run(feeds)
+            for k, (name, expected) in enumerate(ts.outputs):
+                tensor = name or runner.output_names[k]
+                idx = runner.output_names.index(tensor) if tensor in runner.output_names else k
+                report.sets.append(_compare(f"{ts.path.name}/output_{k}.pb", tensor, expected, got[idx]))
+        return report
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
+
+
+def test_inputs(variant: str, count: int, *, batch: int | None = None, seed: int = 0) -> list[np.ndarray]:
+    """Preprocessed synthetic images for ``count`` test sets; set 1 has batch 3 unless fixed."""
+    recipe = get_spec(variant).preprocess
+    sizes = [batch or (3 if k == 1 else 1) for k in range(count)]
+    images = iter(synthetic_images(sum(sizes), seed=seed))
+    return [np.concatenate([preprocess_pil(next(images), recipe) for _ in range(n)]) for n in sizes]
+
+
+test_inputs.__test__ = False  # not a pytest test
+
+
+def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 3, name: str | None = None,
+                  tar: bool = False, seed: int = 0, model: onnx.ModelProto | None = None,
+                  **export_kwargs) -> dict[str, Path]:
+    """Export (or take ``model``) and write ``<out_dir>/<name>/`` with ``test_data`` sets, + tar."""
+    if test_data < 1:
+        raise BundleError(f"test_data must be at least 1, got {test_data}")
+    if model is None:
+        model = export_onnx(variant, **export_kwargs)
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    fixed = dim0.dim_value if dim0.HasField("dim_value") else None
+    name = name or f"{variant}-{_opset(model)}"
+    runner = Runner(model)
+    inputs = test_inputs(variant, test_data, batch=fixed, seed=seed)
+    sets = [(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs]
+    folder = write_bundle(model, out_dir, name, sets)
+    out = {"bundle": folder, "model": folder / "model.onnx"}
+    if tar:
+        out["tar"] = pack_tar(folder, Path(out_dir) / f"{name}.tar.gz")
+    return out
+
+
+def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, tar: bool = False,
+              name: str | None = None, **export_kwargs) -> dict:
+    """What ``shufflenet export`` does: a .onnx at ``output``, or with ``test_data`` a bundle
+    folder ``<output>/<name>/`` (and ``<output>/<name>.tar.gz`` with ``tar``). Returns a summary."""
+    from .onnx_export import save_model
+    from .weights import sha256_file
+
+    if tar and not test_data:
+        raise BundleError("--tar packs a bundle: give --test-data K as well")
+    if name is not None and not test_data:
+        raise BundleError("--name names a bundle: give --test-data K as well")
+    model = export_onnx(variant, **export_kwargs)
+    if test_data:
+        paths = export_bundle(variant, output, test_data=test_data, name=name, tar=tar, model=model)
+    else:
+        output = Path(output)
+        if output.suffix != ".onnx":
+            raise BundleError(f"output {output} should end in .onnx (or give --test-data K for a bundle folder)")
+        paths = {"model": save_model(model, output)}
+    meta = {p.key: p.value for p in model.metadata_props}
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return {
+        **{k: str(v) for k, v in paths.items()},
+        "variant": variant,
+        "opset": _opset(model),
+        "input": model.graph.input[0].name,
+        "output": model.graph.output[0].name,
+        "nodes": len(model.graph.node),
+        "op_counts": counts,
+        "bytes": Path(paths["model"]).stat().st_size,
+        "sha256": sha256_file(paths["model"]),
+        "weights": meta.get("weights_source"),
+        "batchnorm": meta.get("batchnorm"),
+    }
