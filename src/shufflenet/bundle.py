@@ -126,7 +126,8 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
         try:
             tar = tarfile.open(archive, "r:*")
         except (tarfile.TarError, OSError) as e:
-            raise BundleError(f"{archive}: not a readable tar archive ({e})") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BundleError(f"{archive}: not a readable tar archive ({reason})") from None
         with tar:
             total, count = 0, 0
             for member in tar:

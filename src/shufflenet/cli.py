@@ -187,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ShuffleNetError as e:
-        print(f"shufflenet {args.command}: error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).split())  # errors are one line, whatever the library wrapped
+        print(f"shufflenet {args.command}: error: {one_line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"shufflenet {args.command}: interrupted", file=sys.stderr)
