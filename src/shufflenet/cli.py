@@ -74,6 +74,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.variant, args.output, test_data=args.test_data, tar=args.tar, name=args.name,
         opset=args.opset, weights=args.weights, batch=args.batch, keep_batchnorm=args.keep_batchnorm,
         input_name=args.input_name, output_name=args.output_name, num_classes=args.num_classes,
+        via=args.via,
     )
     if args.json:
         _print_json(info)
@@ -123,6 +124,9 @@ def _add_export(sub) -> None:
                    help="write a bundle with K test sets (generated images, one set with batch 3)")
     p.add_argument("--tar", action="store_true", help="also pack <name>.tar.gz as the zoo ships bundles")
     p.add_argument("--name", help="bundle name (default: <variant>-<opset>)")
+    p.add_argument("--via", choices=["emitter", "torch"], default="emitter",
+                   help="emitter: written from the description (any opset, no torch); torch: "
+                        "torch.onnx.export of the PyTorch module, then cleaned (opset >= 11)")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_export)
 

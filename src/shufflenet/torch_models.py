@@ -148,3 +148,30 @@ def build_model(name: str, *, weights=None, num_classes: int | None = None,
     model.load_numpy(w)
     model.weights_source = source
     return model.eval()
+
+
+def export_via_torch(model: nn.Module, *, opset: int = 17, batch: int | None = None,
+                     input_name: str = "input", output_name: str = "output", size: int = 224):
+    """``torch.onnx.export`` (TorchScript exporter) of any module, dynamic batch unless ``batch``.
+
+    For arbitrary or fine-tuned modules; registry variants are better served by the direct
+    emitter. The raw graph is full of shape arithmetic: clean it with ``onnx_clean.clean_graph``.
+    """
+    import io
+    import warnings
+
+    import onnx
+
+    if opset < 11:
+        raise WeightsError(f"--via torch needs opset >= 11 (torch's exporter fails on dynamic "
+                           f"reshapes below it), got {opset}")
+    model = model.eval()
+    x = torch.zeros(batch or 1, 3, size, size)
+    buf = io.BytesIO()
+    dynamic = None if batch else {input_name: {0: "N"}, output_name: {0: "N"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, opset_version=opset, input_names=[input_name],
+                          output_names=[output_name], dynamic_axes=dynamic, do_constant_folding=True,
+                          dynamo=False)
+    return onnx.load_from_string(buf.getvalue())

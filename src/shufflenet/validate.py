@@ -162,8 +162,29 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
     return out
 
 
+def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
+                     keep_batchnorm: bool = False, input_name: str | None = None,
+                     output_name: str | None = None, num_classes: int | None = None,
+                     seed: int | None = None, labels=None) -> onnx.ModelProto:
+    """The ``--via torch`` path: build the PyTorch module, torch.onnx.export it, clean the graph."""
+    from .onnx_clean import clean_graph
+    from .onnx_export import ExportError, _set_metadata
+    from .torch_models import build_model, export_via_torch as _torch_export
+
+    if keep_batchnorm:
+        raise ExportError("--keep-batchnorm is not available with --via torch (torch folds BatchNorm)")
+    module = build_model(variant, weights=weights, num_classes=num_classes, seed=seed)
+    spec = get_spec(variant)
+    raw = _torch_export(module, opset=opset, batch=batch, input_name=input_name or spec.input_name,
+                        output_name=output_name or spec.output_name)
+    model = clean_graph(raw)
+    model.producer_name = "shufflenet (via torch.onnx.export)"
+    _set_metadata(model, spec, module.weights_source, opset, False, module.graph.num_classes, labels)
+    return model
+
+
 def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, tar: bool = False,
-              name: str | None = None, **export_kwargs) -> dict:
+              name: str | None = None, via: str = "emitter", **export_kwargs) -> dict:
     """What ``shufflenet export`` does: a .onnx at ``output``, or with ``test_data`` a bundle
     folder ``<output>/<name>/`` (and ``<output>/<name>.tar.gz`` with ``tar``). Returns a summary."""
     from .onnx_export import save_model
@@ -173,7 +194,7 @@ def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, ta
         raise BundleError("--tar packs a bundle: give --test-data K as well")
     if name is not None and not test_data:
         raise BundleError("--name names a bundle: give --test-data K as well")
-    model = export_onnx(variant, **export_kwargs)
+    model = export_variant_via_torch(variant, **export_kwargs) if via == "torch" else export_onnx(variant, **export_kwargs)
     if test_data:
         paths = export_bundle(variant, output, test_data=test_data, name=name, tar=tar, model=model)
     else:
