@@ -34,6 +34,32 @@ def _print_json(data) -> None:
     sys.stdout.write("\n")
 
 
+class _Bar:
+    """A one-line progress bar on stderr, only on a terminal and without --quiet."""
+
+    def __init__(self, label: str, quiet: bool = False) -> None:
+        self.label, self.on = label, (not quiet) and sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.on:
+            return
+        if total:
+            pct = int(100 * done / total)
+            if pct == self.last:
+                return
+            self.last = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}% ({done}/{total})")
+        else:
+            sys.stderr.write(f"\r{self.label} {done:,}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on and self.last != -1:
+            sys.stderr.write("\n")
+
+
 # --------------------------------------------------------------------------- list
 
 
@@ -165,9 +191,163 @@ def _add_validate(sub) -> None:
     p.set_defaults(handler=_cmd_validate)
 
 
+# --------------------------------------------------------------------------- classify
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .runtime import Classifier, expand_inputs, run_files
+
+    files, problems = expand_inputs(args.images)
+    if not files and problems:
+        for item, why in problems:
+            print(f"shufflenet classify: {item}: {why}", file=sys.stderr)
+        return 2
+    clf = Classifier(args.model, threads=args.threads, labels=args.labels, resize=args.resize,
+                     exact=args.exact)
+    bar = _Bar("classify", args.quiet or args.json or len(files) < 20)
+    results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
+    bar.close()
+    failed = [r for r in results if r.error] + problems
+    if args.json:
+        _print_json({
+            "model": clf.source, "output_kind": clf.output_kind,
+            "preprocessing": f"{clf.resize} resize {clf.recipe.resize}, crop {clf.recipe.crop}",
+            "results": [{"path": r.path, "error": r.error,
+                         "top": None if r.predictions is None else [p.__dict__ for p in r.predictions]}
+                        for r in results],
+            "problems": [{"path": i, "error": w} for i, w in problems],
+        })
+    else:
+        for r in results:
+            if r.error:
+                continue
+            best = r.predictions[0]
+            rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in r.predictions[1:])
+            print(f"{r.path}: {best.label} ({best.index}) {best.probability:.1%}" + (f"  | {rest}" if rest else ""))
+        for r in results:
+            if r.error:
+                print(f"shufflenet classify: skipped {r.error}", file=sys.stderr)
+        for item, why in problems:
+            print(f"shufflenet classify: skipped {item}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_model_args(p, *, model_required: bool = False) -> None:
+    p.add_argument("--model", default="shufflenet_v2_x1_0", required=model_required,
+                   help="a .onnx path, a zoo artifact (shufflenet-v2-12 ...), a variant (pretrained, "
+                        "fetched when not cached) or VARIANT:random[:SEED] (default shufflenet_v2_x1_0)")
+    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--resize", choices=["shorter", "square"],
+                   help="shorter: shorter side to 256 (torchvision); square: whole image to 256x256 "
+                        "(the zoo notebook); default: the model's own")
+    p.add_argument("--exact", action="store_true",
+                   help="decode large JPEGs at full size (default: DCT draft decoding, see docs)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="top-k classes for images, folders or globs",
+                       description="Exit 0: every file answered; 1: some files were skipped (each "
+                                   "reported with the reason); 2: nothing usable.")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    _add_model_args(p)
+    p.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
+    p.add_argument("--labels", help="label file for a custom model (one per line, JSON list or TSV)")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.set_defaults(handler=_cmd_classify)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    bar = _Bar("evaluate", args.quiet or args.json)
+    report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
+                      label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
+                      resize=args.resize, exact=args.exact, progress=bar)
+    bar.close()
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    print(f"model          {report.model}")
+    print(f"data           {report.data} ({report.layout})")
+    print(f"preprocessing  {report.preprocessing}")
+    print(f"images         {report.images}   ({report.images_per_second:.1f} images/s)")
+    print(f"top-1          {report.top1:.2f}%   (error {report.top1_error:.2f}%)")
+    print(f"top-5          {report.top5:.2f}%   (error {report.top5_error:.2f}%)")
+    if report.compare:
+        c = report.compare
+        print(f"compared with  {c['model']}")
+        print(f"  top-1 agreement {c['top1_agreement']:.2f}%   top-5 overlap {c['top5_overlap']:.2f}%   "
+              f"logit cosine {c['mean_logit_cosine']:.4f}   max abs diff {c['max_abs_diff']:.3g}")
+    if report.skipped:
+        print(f"skipped        {len(report.skipped)}")
+        for path, why in report.skipped:
+            print(f"  {path}: {why}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder",
+                       description="DATA: an ImageFolder (folders named by WordNet id or class "
+                                   "name), files named <wnid>_<anything>, or a flat folder with "
+                                   "--label-file ('filename index' per line).")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="the labelled image folder")
+    p.add_argument("--label-file", help="'filename index' per line (ImageNet val convention)")
+    p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
+    p.add_argument("--compare", metavar="MODEL2", help="also report agreement with a second model")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .hub import artifact_path, cache_dir, fetch, find_artifact
+    from .specs import artifacts
+
+    if args.list:
+        rows = [[a.name, a.kind, a.variant, f"{a.size:,}" if a.size else "-",
+                 "cached" if artifact_path(a).is_file() else "-"] for a in artifacts()]
+        _print_table(rows, ["artifact", "kind", "variant", "bytes", "status"])
+        print(f"cache: {cache_dir()}")
+        return 0
+    if not args.names:
+        raise _usage("give an artifact name (see `shufflenet fetch --list`)")
+    for name in args.names:
+        a = find_artifact(name)
+        bar = _Bar(name, args.quiet)
+        path = fetch(a, progress=bar, force=args.force)
+        bar.close()
+        print(path)
+    return 0
+
+
+def _usage(msg: str):
+    from .errors import ShuffleNetError
+
+    return ShuffleNetError(msg)
+
+
+def _add_fetch(sub) -> None:
+    p = sub.add_parser("fetch", help="download and verify published artifacts into the cache",
+                       description="Cache: $SHUFFLENET_HOME, else $XDG_CACHE_HOME/shufflenet, else "
+                                   "~/.cache/shufflenet. $SHUFFLENET_MIRROR: a base URL tried first.")
+    p.add_argument("names", nargs="*", help="artifact names, e.g. shufflenet-v2-12")
+    p.add_argument("--list", action="store_true", help="list the known artifacts and what is cached")
+    p.add_argument("--force", action="store_true", help="download again even when cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_fetch)
+
+
 # --------------------------------------------------------------------------- main
 
-SUBCOMMANDS = [_add_list, _add_export, _add_validate]
+SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import ShuffleNetError
 from .specs import Preprocess, get_spec
 
-__all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "RESIZE_MODES"]
+__all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "to_rgb", "RESIZE_MODES",
+           "ALLOWED_FORMATS", "MAX_PIXELS"]
 
 RESIZE_MODES = ("shorter", "square")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -29,21 +31,92 @@ class ImageError(ShuffleNetError, ValueError):
     """An image that cannot be used (unreadable, refused format, too large, truncated)."""
 
 
-def load_image(image) -> Image.Image:
-    """Open a path, bytes or PIL image as an RGB PIL image."""
+#: formats opened at all; everything else is refused before decoding (camera MPO files open
+#: through the JPEG plugin)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+MAX_PIXELS = 89_478_485  # Pillow's default bomb threshold (~ a 9459 x 9459 image), as an error
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, like a web page
+#: draft decoding keeps at least this many times the resize target on the shorter side, so the
+#: antialiased resize still does the last 2x; measured error vs exact in docs/preprocessing.md
+DRAFT_MARGIN = 2
+
+
+def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a path, bytes or PIL image as an upright RGB PIL image.
+
+    Only :data:`ALLOWED_FORMATS` are opened; more than ``max_pixels`` is refused before decoding;
+    truncated files raise. EXIF orientation is applied. Every mode is converted on purpose:
+    palette/LA/RGBA transparency composited on :data:`BACKGROUND`, 16-bit and 32-bit integer
+    images scaled (not clamped) to 8 bits, float images taken as [0, 1] or [0, 255].
+    ``draft_size``: JPEGs may be decoded at 1/2, 1/4 or 1/8 scale (DCT domain) as long as both
+    sides stay >= draft_size.
+    """
     if isinstance(image, Image.Image):
-        img = image
+        img, name = image, "<image>"
     else:
-        data = image if isinstance(image, (bytes, bytearray)) else None
+        data = image if isinstance(image, (bytes, bytearray, memoryview)) else None
         name = "<bytes>" if data is not None else str(image)
         try:
-            img = Image.open(io.BytesIO(data) if data is not None else Path(os.fspath(image)))
-            img.load()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data) if data is not None else Path(os.fspath(image)),
+                                 formats=ALLOWED_FORMATS)
         except FileNotFoundError:
             raise ImageError(f"{name}: no such file") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except IsADirectoryError:
+            raise ImageError(f"{name}: is a folder, not an image") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise ImageError(f"{name}: refused, more than {max_pixels:,} pixels (decompression bomb?)") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image in an allowed format "
+                             f"({', '.join(ALLOWED_FORMATS)})") from None
+        except (OSError, ValueError) as e:
             raise ImageError(f"{name}: cannot read image ({e})") from None
-    return img if img.mode == "RGB" else img.convert("RGB")
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(f"{name}: refused, {w}x{h} is more than {max_pixels:,} pixels")
+        if draft_size and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft_size, draft_size))
+        try:
+            img.seek(0)  # GIF/TIFF: the first frame
+            img.load()
+        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+            raise ImageError(f"{name}: cannot decode image ({e})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block must not make the pixels unusable
+        pass
+    return to_rgb(img, name)
+
+
+def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
+    """Every Pillow mode to RGB, on purpose (see :func:`load_image`)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("1", "L", "CMYK", "YCbCr", "LAB", "HSV", "RGBX") or (mode == "P" and "transparency" not in img.info):
+        return img.convert("RGB")
+    if mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.float64) / 257.0  # 65535 -> 255: scaled, not clamped
+    elif mode == "I":
+        arr = np.asarray(img).astype(np.float64)
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+        if lo < 0 or hi > 65535:
+            arr = (arr - lo) / max(hi - lo, 1.0) * 255.0
+        elif hi > 255:
+            arr = arr / 257.0
+    elif mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
+        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+    else:
+        raise ImageError(f"{name}: unsupported image mode {mode!r}")
+    gray = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    return gray.convert("RGB")
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -85,10 +158,16 @@ def preprocess_pil(img: Image.Image, recipe: Preprocess, *, resize: str | None =
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-def preprocess_image(image, *, variant: str | None = None, resize: str = "shorter",
-                     recipe: Preprocess | None = None) -> np.ndarray:
-    """A path, bytes or PIL image -> float32 NCHW ``[1, 3, 224, 224]`` for ``variant``'s recipe."""
+def preprocess_image(image, *, variant: str | None = None, resize: str | None = None,
+                     recipe: Preprocess | None = None, exact: bool = False) -> np.ndarray:
+    """A path, bytes or PIL image -> float32 NCHW ``[1, 3, 224, 224]`` for ``variant``'s recipe.
+
+    ``resize``: "shorter" (the recipe's default, torchvision's) or "square" (the zoo notebook's).
+    ``exact=False`` lets large JPEGs decode in draft mode (see :data:`DRAFT_MARGIN`); PIL images
+    and ``exact=True`` always take the exact path.
+    """
     if recipe is not None and variant is not None:
         raise ImageError("give either variant or recipe, not both")
     recipe = recipe or (get_spec(variant).preprocess if variant else Preprocess())
-    return preprocess_pil(load_image(image), recipe, resize=resize)
+    draft = None if exact else DRAFT_MARGIN * recipe.resize
+    return preprocess_pil(load_image(image, draft_size=draft), recipe, resize=resize)

@@ -6,8 +6,10 @@ Models below opset 7 (ONNX Runtime's oldest) run as an exact upgraded copy
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import onnx
 from .errors import ShuffleNetError
 from .onnx_legacy import LegacyUpgradeError, model_opset, upgrade_to_opset7
 
-__all__ = ["RuntimeError_", "Runner", "open_runner"]
+__all__ = ["RuntimeError_", "Runner", "open_runner", "Classifier", "Prediction", "resolve_model"]
 
 
 class RuntimeError_(ShuffleNetError, RuntimeError):
@@ -74,3 +76,244 @@ def open_runner(model: onnx.ModelProto | str | os.PathLike, **kwargs) -> Runner:
 
         model = load_model_checked(Path(model))
     return Runner(model, **kwargs)
+
+
+# --------------------------------------------------------------------------- the Classifier
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+def _model_info(model: onnx.ModelProto):
+    """(preprocess recipe, output kind, labels or None) from metadata, else from I/O names."""
+    from .specs import Preprocess
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    recipe = Preprocess()
+    if "preprocessing" in meta:
+        try:
+            raw = json.loads(meta["preprocessing"])
+            recipe = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()
+                                   if k in Preprocess.__dataclass_fields__})
+        except (ValueError, TypeError):
+            pass  # an unreadable recipe falls back to the ImageNet default
+    kind = meta.get("output_kind")
+    if kind not in ("logits", "probabilities"):
+        last = model.graph.node[-1].op_type if model.graph.node else ""
+        out = model.graph.output[0].name
+        kind = "probabilities" if last == "Softmax" or "softmax" in out.lower() else "logits"
+    labels = None
+    if "labels" in meta:
+        try:
+            parsed = json.loads(meta["labels"])
+            labels = parsed if isinstance(parsed, list) else None
+        except ValueError:
+            labels = None
+    return recipe, kind, labels
+
+
+def resolve_model(model) -> tuple[onnx.ModelProto, str]:
+    """A path, ``VARIANT:random[:SEED]``, a zoo artifact name or a variant name -> (model, source).
+
+    A path never touches the network; a name is fetched through the hub when not cached.
+    """
+    from .bundle import load_model_checked
+    from .specs import list_variants
+
+    if isinstance(model, onnx.ModelProto):
+        return model, "<in-memory model>"
+    text = os.fspath(model)
+    path = Path(text)
+    if path.exists():
+        if path.is_dir():
+            candidates = list(path.glob("model.onnx")) or list(path.glob("*.onnx"))
+            if len(candidates) != 1:
+                raise RuntimeError_(f"{path}: expected one .onnx model in the folder, found {len(candidates)}")
+            path = candidates[0]
+        return load_model_checked(path), str(path)
+    name, _, rest = text.partition(":")
+    if name in list_variants() and rest.startswith("random"):
+        from .onnx_export import export_onnx
+
+        return export_onnx(name, weights=rest), text
+    from .hub import fetch
+    from .specs import artifacts
+
+    zoo = {a.name: a for a in artifacts() if a.kind == "zoo-onnx"}
+    if text in zoo:
+        return load_model_checked(fetch(zoo[text])), text
+    if text in list_variants():
+        from .onnx_export import export_onnx
+
+        published = [a for a in artifacts() if a.variant == text and a.kind == "torchvision-pth"]
+        if published:
+            return export_onnx(text, weights="torchvision"), f"{text} (torchvision weights)"
+        onnx_files = [a for a in artifacts() if a.variant == text and a.kind == "zoo-onnx" and not a.quantization]
+        if onnx_files:
+            return load_model_checked(fetch(onnx_files[-1])), onnx_files[-1].name
+        raise RuntimeError_(f"no pretrained weights are published for {text}; use {text}:random "
+                            "for an untrained model or give a path")
+    raise RuntimeError_(f"{text!r} is not a file, a variant (see `shufflenet list`) or a zoo artifact "
+                        f"({', '.join(sorted(zoo))})")
+
+
+class Classifier:
+    """Top-k classification with any fp32 or int8 ShuffleNet ONNX model.
+
+    ``model``: a path, a zoo artifact name, a variant name (pretrained, fetched when needed) or
+    ``VARIANT:random[:SEED]``. Preprocessing and output kind come from the model's metadata (or
+    its I/O names for files we did not write); labels: ``labels`` given here, else the model's
+    metadata, else ImageNet's for 1000 classes. ``predict`` is thread-safe: one ONNX Runtime
+    session serves all threads.
+    """
+
+    def __init__(self, model, *, threads: int | None = None, providers=None, labels=None,
+                 resize: str | None = None, exact: bool = False) -> None:
+        from .labels import imagenet_labels, load_labels
+
+        proto, self.source = resolve_model(model)
+        self.recipe, self.output_kind, meta_labels = _model_info(proto)
+        self.resize = resize or self.recipe.resize_mode
+        self.exact = exact
+        self.runner = Runner(proto, threads=threads, providers=providers)
+        self.input_name = self.runner.input_names[0]
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+        self.num_classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else None
+        if isinstance(labels, (str, os.PathLike)):
+            labels = load_labels(labels)
+        self.labels = list(labels) if labels is not None else meta_labels
+        if self.labels is None and self.num_classes == 1000:
+            self.labels = imagenet_labels()
+        if self.labels is not None and self.num_classes and len(self.labels) != self.num_classes:
+            raise RuntimeError_(f"{len(self.labels)} labels for a model with {self.num_classes} classes")
+        self.metadata = {p.key: p.value for p in proto.metadata_props}
+
+    def preprocess(self, image) -> np.ndarray:
+        from .preprocess import preprocess_image
+
+        return preprocess_image(image, recipe=self.recipe, resize=self.resize, exact=self.exact)
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw output (logits or probabilities) for a preprocessed NCHW batch."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.fixed_batch or len(batch)
+        outs = []
+        for start in range(0, len(batch), max(step, 1)):
+            chunk = batch[start:start + step]
+            n = len(chunk)
+            if self.fixed_batch and n < self.fixed_batch:  # pad a fixed-batch model's last chunk
+                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
+            outs.append(self.runner.run({self.input_name: chunk})[0][:n])
+        return np.concatenate(outs)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a preprocessed float32 NCHW batch."""
+        return self.probabilities_from(self.outputs(batch))
+
+    def probabilities_from(self, raw: np.ndarray) -> np.ndarray:
+        out = raw.astype(np.float64)
+        if self.output_kind == "logits":
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels is not None else f"class_{index}"
+
+    def top(self, probs: np.ndarray, k: int = 5) -> list[list[Prediction]]:
+        k = min(k, probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[Prediction(int(i), self.label(int(i)), float(p[i])) for i in row] for p, row in zip(probs, order)]
+
+    def predict(self, images, *, top: int = 5):
+        """Top-k for one image (returns a list of Prediction) or a list of images (list of lists)."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        batch = np.concatenate([x if isinstance(x, np.ndarray) else self.preprocess(x) for x in items])
+        result = self.top(self.probabilities(batch), top)
+        return result[0] if single else result
+
+
+# --------------------------------------------------------------------------- files in, answers out
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (recursively, image suffixes only) and globs -> (files, [(item, reason)])."""
+    import glob
+
+    files, problems = [], []
+    for item in items:
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches:
+            problems.append((item, "no file matches this pattern"))
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                if not found:
+                    problems.append((m, "folder holds no images"))
+                files.extend(found)
+            elif p.exists():
+                files.append(p)
+            else:
+                problems.append((m, "no such file"))
+    return files, problems
+
+
+@dataclass
+class FileResult:
+    path: str
+    predictions: list[Prediction] | None = None
+    error: str | None = None
+    outputs: np.ndarray | None = None  # raw model output row, for evaluation
+
+
+def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_size: int = 16,
+              workers: int | None = None, progress=None, keep_outputs: bool = False):
+    """Yield one FileResult per path, in order; decoding overlaps inference on a thread pool.
+
+    A file that cannot be read gets ``error`` (the reason) and the others go on.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .preprocess import ImageError
+
+    def load(p: Path):
+        try:
+            return clf.preprocess(p), None
+        except ImageError as e:
+            return None, str(e)
+        except Exception as e:  # an unexpected decoder failure is still one bad file
+            return None, f"{p}: {type(e).__name__}: {e}"
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+        pending = pool.map(load, chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            loaded = list(pending)
+            if k + 1 < len(chunks):  # decode the next chunk while this one runs
+                pending = pool.map(load, chunks[k + 1])
+            good = [i for i, (x, _) in enumerate(loaded) if x is not None]
+            results = [FileResult(str(p), error=err) for p, (_, err) in zip(chunk, loaded)]
+            if good:
+                raw = clf.outputs(np.concatenate([loaded[i][0] for i in good]))
+                probs = clf.probabilities_from(raw)
+                for i, preds, row in zip(good, clf.top(probs, top), raw):
+                    results[i].predictions = preds
+                    if keep_outputs:
+                        results[i].outputs = row
+            for r in results:
+                done += 1
+                if progress:
+                    progress(done, len(paths))
+                yield r

@@ -350,8 +350,12 @@ def resolve_weights(
         raw, desc, digest, kind = dict(source), "<numpy dict>", None, "dict"
     else:
         if str(source) == "torchvision":
-            raise WeightsError("downloading published weights is not available in this version; "
-                               "pass a path to the checkpoint instead")
+            from .hub import fetch
+
+            published = [a for a in spec.pretrained if a.kind == "torchvision-pth"]
+            if not published:
+                raise WeightsError(f"torchvision publishes no weights for {spec.name}")
+            source = fetch(published[0])
         path = Path(source)
         if path.suffix.lower() == ".onnx" and path.is_file():
             raw = weights_from_onnx(path, spec, num_classes)

@@ -1,0 +1,175 @@
+"""Top-1/top-5 accuracy on a labelled folder, and agreement between two models.
+
+Layouts: ImageFolder (one folder per WordNet id or class name), a flat folder plus a label file
+(``filename index`` per line, the ImageNet val convention), and files named ``<wnid>_<anything>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ShuffleNetError
+from .labels import wnid_index
+from .runtime import IMAGE_SUFFIXES, Classifier, run_files
+
+__all__ = ["DatasetError", "Sample", "discover", "evaluate", "EvalReport"]
+
+
+class DatasetError(ShuffleNetError, ValueError):
+    """A data folder whose labels cannot be worked out."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
+             label_file: str | os.PathLike | None = None) -> tuple[list[Sample], list[tuple[str, str]], str]:
+    """(samples, [(path, why skipped)], layout name) for a data folder."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    skipped: list[tuple[str, str]] = []
+    if label_file is not None:
+        samples = []
+        for n, line in enumerate(Path(label_file).read_text("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise DatasetError(f"{label_file}:{n}: expected 'filename index', got {line!r}")
+            path = root / parts[0]
+            if not path.is_file():
+                skipped.append((str(path), "listed in the label file but missing"))
+                continue
+            samples.append(Sample(path, int(parts[1])))
+        return samples, skipped, "label file"
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    by_name = {name: i for i, name in enumerate(labels or [])}
+    if subdirs:
+        samples = []
+        for d in subdirs:
+            idx = wnid_index(d.name) if labels is None or len(labels) == 1000 else None
+            if idx is None:
+                idx = by_name.get(d.name, by_name.get(d.name.replace("_", " ")))
+            if idx is None:
+                skipped.extend((str(p), f"folder {d.name!r} is neither a WordNet id nor a class name")
+                               for p in _images(d))
+                continue
+            samples.extend(Sample(p, idx) for p in _images(d))
+        return samples, skipped, "image folder"
+    samples = []
+    for p in _images(root):
+        m = re.match(r"(n\d{8})_", p.name)
+        idx = wnid_index(m.group(1)) if m else None
+        if idx is None:
+            skipped.append((str(p), "name does not start with a known WordNet id (<wnid>_...)"))
+            continue
+        samples.append(Sample(p, idx))
+    if not samples and not skipped:
+        raise DatasetError(f"{root}: no images found")
+    return samples, skipped, "<wnid>_name files"
+
+
+@dataclass
+class EvalReport:
+    model: str
+    data: str
+    layout: str
+    preprocessing: str
+    images: int
+    top1: float
+    top5: float
+    seconds: float
+    images_per_second: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    compare: dict | None = None
+
+    @property
+    def top1_error(self) -> float:
+        return 100.0 - self.top1
+
+    @property
+    def top5_error(self) -> float:
+        return 100.0 - self.top5
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "top1_error": self.top1_error, "top5_error": self.top5_error}
+
+
+def _scores(raw: np.ndarray, kind: str) -> np.ndarray:
+    """Logit-like scores for comparisons: log-probabilities for softmax models."""
+    return np.log(np.maximum(raw, 1e-30)) if kind == "probabilities" else raw
+
+
+def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=None,
+             batch_size: int = 32, threads: int | None = None, resize: str | None = None,
+             exact: bool = False, progress=None) -> EvalReport:
+    """Accuracy of ``model`` on ``data``; with ``compare``, agreement of the two on the same images."""
+    clf = Classifier(model, threads=threads, resize=resize, exact=exact)
+    samples, skipped, layout = discover(data, labels=clf.labels, label_file=label_file)
+    if limit is not None:
+        samples = samples[:limit]
+    if not samples:
+        raise DatasetError(f"{data}: no labelled images to evaluate ({len(skipped)} skipped)")
+    start = time.perf_counter()
+    results = list(run_files(clf, [s.path for s in samples], top=5, batch_size=batch_size,
+                             progress=progress, keep_outputs=compare is not None))
+    seconds = time.perf_counter() - start
+    hit1 = hit5 = n = 0
+    ok_rows, ok_idx = [], []
+    for i, (s, r) in enumerate(zip(samples, results)):
+        if r.error:
+            skipped.append((str(s.path), r.error))
+            continue
+        top = [p.index for p in r.predictions]
+        n += 1
+        hit1 += top[0] == s.label
+        hit5 += s.label in top
+        if compare is not None:
+            ok_rows.append(r.outputs)
+            ok_idx.append(i)
+    if n == 0:
+        raise DatasetError(f"{data}: none of the {len(samples)} images could be read")
+    report = EvalReport(clf.source, str(data), layout,
+                        f"{clf.resize} resize {clf.recipe.resize}, crop {clf.recipe.crop}"
+                        + ("" if clf.exact else ", JPEG draft decoding"),
+                        n, 100.0 * hit1 / n, 100.0 * hit5 / n, seconds, n / seconds, skipped)
+    if compare is not None:
+        report.compare = _compare(clf, np.stack(ok_rows), compare, [samples[i].path for i in ok_idx],
+                                  threads=threads, resize=resize, exact=exact, batch_size=batch_size)
+    return report
+
+
+def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
+    batch_size = kw.pop("batch_size")
+    other_clf = Classifier(other, threads=kw["threads"], resize=kw["resize"], exact=kw["exact"])
+    rows = []
+    for r in run_files(other_clf, paths, top=5, batch_size=batch_size, keep_outputs=True):
+        if r.error:
+            raise DatasetError(f"{r.path}: readable for one model, not the other ({r.error})")
+        rows.append(r.outputs)
+    raw_b = np.stack(rows)
+    a, b = _scores(raw_a.astype(np.float64), clf.output_kind), _scores(raw_b.astype(np.float64), other_clf.output_kind)
+    top5a, top5b = np.argsort(-a, 1)[:, :5], np.argsort(-b, 1)[:, :5]
+    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return {
+        "model": other_clf.source,
+        "images": len(a),
+        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
+        "top5_overlap": float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(top5a, top5b)]) * 100),
+        "mean_logit_cosine": float(cos.mean()),
+        "max_abs_diff": float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max()),
+    }

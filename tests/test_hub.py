@@ -1,0 +1,185 @@
+"""Verified downloads against a local HTTP server on 127.0.0.1 (never the network)."""
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+from shufflenet import hub
+from shufflenet.specs import Artifact
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB of generated data
+
+
+class Server:
+    """Serves PAYLOAD at /f.bin with switchable misbehaviour; records Range headers."""
+
+    def __init__(self):
+        self.mode = "ok"  # ok | cut | cut-once | wrong
+        self.ranges, self.requests = [], 0
+        srv = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                srv.requests += 1
+                body = PAYLOAD if srv.mode != "wrong" else PAYLOAD[::-1]
+                rng = self.headers.get("Range")
+                srv.ranges.append(rng)
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                chunk = body[start:]
+                if srv.mode == "cut" or (srv.mode == "cut-once" and srv.requests == 1):
+                    chunk = chunk[: len(chunk) // 2]  # the connection drops at 50%
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/f.bin"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.httpd.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SHUFFLENET_MIRROR", raising=False)
+    return tmp_path / "cache"
+
+
+def _artifact(url, **kw):
+    base = dict(name="test-file", variant="shufflenet_v2_x1_0", kind="zoo-onnx", urls=(url,),
+                sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD))
+    return Artifact(**{**base, **kw})
+
+
+def _leftovers(cache):
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
+    assert hub.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("SHUFFLENET_HOME")
+    assert hub.cache_dir() == tmp_path / "b" / "shufflenet"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert str(hub.cache_dir()).endswith(".cache/shufflenet")
+
+
+def test_success_and_verified_reload(server, cache):
+    seen = []
+    path = hub.fetch(_artifact(server.url), progress=lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == PAYLOAD and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert _leftovers(cache) == ["f.bin"]
+    requests = server.requests
+    assert hub.fetch(_artifact(server.url)) == path and server.requests == requests  # cached
+    assert hub.cached_path(_artifact(server.url)) == path
+
+
+def test_cut_connection_leaves_nothing(server, cache):
+    server.mode = "cut"
+    with pytest.raises(hub.HubError, match="could not be downloaded.*put it at"):
+        hub.fetch(_artifact(server.url))
+    assert _leftovers(cache) == []
+
+
+def test_resume_with_range(server, cache):
+    server.mode = "cut-once"
+    path = hub.fetch(_artifact(server.url))
+    assert path.read_bytes() == PAYLOAD
+    assert server.ranges[0] is None and server.ranges[1] == f"bytes={len(PAYLOAD) // 2}-"
+
+
+def test_wrong_hash_is_refused(server, cache):
+    server.mode = "wrong"
+    with pytest.raises(hub.HashMismatchError, match="sha256"):
+        hub.fetch(_artifact(server.url))
+    assert _leftovers(cache) == []
+
+
+def test_corrupted_cache_is_detected_on_load(server, cache):
+    path = hub.fetch(_artifact(server.url))
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(hub.HashMismatchError, match="cached file"):
+        hub.cached_path(_artifact(server.url))
+    with pytest.raises(hub.HashMismatchError):
+        hub.fetch(_artifact(server.url))
+    assert hub.fetch(_artifact(server.url), force=True).read_bytes() == PAYLOAD
+
+
+def test_concurrent_fetches_end_with_one_good_file(server, cache):
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(hub.fetch(_artifact(server.url)))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1 and results[0].read_bytes() == PAYLOAD
+    assert server.requests == 1 and _leftovers(cache) == ["f.bin"]
+
+
+def test_publisher_hash_prefix_is_checked_and_recorded(server, cache):
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    a = _artifact(server.url, sha256=None, size=None, sha256_prefix=digest[:10], kind="torchvision-pth")
+    path = hub.fetch(a)
+    assert path.with_name("f.bin.sha256").read_text().strip() == digest
+    bad = _artifact(server.url, sha256=None, size=None, sha256_prefix="0000000000", kind="torchvision-pth")
+    with pytest.raises(hub.HashMismatchError, match="does not start with"):
+        hub.fetch(bad, force=True)
+
+
+def test_mirror_is_tried_first(server, cache, monkeypatch):
+    monkeypatch.setenv("SHUFFLENET_MIRROR", server.url.rsplit("/", 1)[0])
+    a = _artifact("http://127.0.0.1:9/unreachable/f.bin")
+    assert hub.fetch(a).read_bytes() == PAYLOAD
+
+
+def test_no_network_says_what_to_download_and_where(cache):
+    a = _artifact("http://127.0.0.1:9/f.bin")  # port 9 (discard): connection refused
+    with pytest.raises(hub.HubError) as e:
+        hub.fetch(a)
+    msg = str(e.value)
+    assert "http://127.0.0.1:9/f.bin" in msg and str(cache) in msg and "\n" not in msg
+    with pytest.raises(hub.HubError, match="is not cached"):
+        hub.cached_path(a)
+
+
+def test_a_path_never_touches_the_network(tmp_path, monkeypatch):
+    from shufflenet.onnx_export import export_onnx, save_model
+    from shufflenet.runtime import Classifier
+
+    def boom(*a, **k):
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(hub, "_download", boom)
+    path = save_model(export_onnx("shufflenet_v2_x0_5"), tmp_path / "m.onnx")
+    assert Classifier(str(path)).num_classes == 1000
+
+
+def test_unknown_artifact_lists_known_ones():
+    with pytest.raises(hub.HubError, match="shufflenet-v2-12"):
+        hub.find_artifact("shufflenet-v2-99")
