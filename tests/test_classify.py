@@ -1,0 +1,150 @@
+"""The Classifier, `classify` and `evaluate` on generated images of every mode."""
+
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shufflenet.cli import main
+from shufflenet.evaluate import discover, evaluate
+from shufflenet.labels import imagenet_labels, imagenet_wnids, load_labels
+from shufflenet.onnx_export import export_onnx, save_model
+from shufflenet.runtime import Classifier
+from shufflenet.synthetic import synthetic_images
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "v2": save_model(export_onnx("shufflenet_v2_x0_5", weights="random:1"), d / "v2.onnx"),
+        "v2b1": save_model(export_onnx("shufflenet_v2_x0_5", weights="random:1", batch=1), d / "v2b1.onnx"),
+        "v1": save_model(export_onnx("shufflenet_v1_caffe2", weights="random:1", opset=6), d / "v1.onnx"),
+        "ten": save_model(export_onnx("shufflenet_v2_x0_5", num_classes=10,
+                                      labels=[f"thing{i}" for i in range(10)]), d / "ten.onnx"),
+    }
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    """One generated image per mode/format, plus a broken file."""
+    d = tmp_path_factory.mktemp("imgs")
+    base = synthetic_images(8, seed=5)
+    specs = [("RGB", "JPEG", "a.jpg"), ("L", "PNG", "b.png"), ("RGBA", "PNG", "c.png"),
+             ("P", "GIF", "d.gif"), ("CMYK", "JPEG", "e.jpg"), ("1", "BMP", "f.bmp"),
+             ("RGB", "WEBP", "g.webp"), ("LA", "PNG", "h.png")]
+    for img, (mode, fmt, name) in zip(base, specs):
+        img.convert(mode).save(d / name, fmt)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return d
+
+
+def test_labels():
+    labels, wnids = imagenet_labels(), imagenet_wnids()
+    assert len(labels) == len(wnids) == 1000 and wnids == sorted(wnids)
+    assert labels[0] == "tench" and labels[999] == "toilet tissue" and wnids[1] == "n01443537"
+
+
+def test_load_label_files(tmp_path):
+    (tmp_path / "l.txt").write_text("cat\ndog\n")
+    (tmp_path / "l.json").write_text('["cat", "dog"]')
+    assert load_labels(tmp_path / "l.txt") == load_labels(tmp_path / "l.json") == ["cat", "dog"]
+
+
+def test_classifier_reads_kind_recipe_and_labels(models):
+    v2, v1, ten = Classifier(str(models["v2"])), Classifier(str(models["v1"])), Classifier(str(models["ten"]))
+    assert (v2.output_kind, v1.output_kind) == ("logits", "probabilities")
+    assert v2.labels[0] == "tench" and ten.labels == [f"thing{i}" for i in range(10)]
+    assert "upgraded copy" in v1.runner.engine  # opset 6
+    img = synthetic_images(1, seed=3)[0]
+    for clf in (v2, v1, ten):
+        top = clf.predict(img, top=3)
+        assert len(top) == 3 and top[0].probability >= top[1].probability >= top[2].probability
+        assert 0 < sum(p.probability for p in clf.predict(img, top=1000)) <= 1 + 1e-6
+    assert Classifier(str(models["ten"]), labels=[str(i) for i in range(10)]).labels[3] == "3"
+    with pytest.raises(Exception, match="3 labels for a model with 10 classes"):
+        Classifier(str(models["ten"]), labels=["a", "b", "c"])
+
+
+def test_batches_and_fixed_batch_models_agree(models):
+    imgs = synthetic_images(5, seed=9)
+    a = Classifier(str(models["v2"])).predict(imgs)
+    b = Classifier(str(models["v2b1"])).predict(imgs)
+    assert [[p.index for p in r] for r in a] == [[p.index for p in r] for r in b]
+
+
+def test_predict_is_thread_safe(models):
+    clf = Classifier(str(models["v2"]), threads=1)
+    imgs = synthetic_images(6, seed=2)
+    want = [clf.predict(im)[0].index for im in imgs]
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got.setdefault(i, set()).add(clf.predict(imgs[i])[0].index)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and all(got[i] == {want[i]} for i in range(6))
+
+
+def test_classify_cli_reports_every_file(models, mixed_folder, capsys):
+    assert main(["classify", str(mixed_folder), "--model", str(models["v2"]), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    by_name = {r["path"].rsplit("/", 1)[1]: r for r in data["results"]}
+    assert len(by_name) == 9
+    assert by_name["broken.jpg"]["error"] and by_name["broken.jpg"]["top"] is None
+    assert all(len(r["top"]) == 5 for n, r in by_name.items() if n != "broken.jpg")
+    assert main(["classify", str(mixed_folder / "a.jpg"), str(mixed_folder / "c.png"), "--model",
+                 str(models["v1"]), "--top", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith(str(mixed_folder / "a.jpg"))
+    assert main(["classify", str(mixed_folder / "*.png"), "--model", str(models["v2"])]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert main(["classify", str(mixed_folder / "nothing*.jpg"), "--model", str(models["v2"])]) == 2
+    assert main(["classify", str(mixed_folder / "a.jpg"), "--model", "/no/such.onnx"]) == 2
+
+
+def test_evaluate_counts_the_wnid_layout(models, tmp_path, capsys):
+    clf = Classifier(str(models["v2"]))
+    wnids = imagenet_wnids()
+    imgs = synthetic_images(8, seed=17)
+    hits = 0
+    for k, img in enumerate(imgs):  # label half the images with the model's own answer
+        pred = clf.predict(img, top=5)
+        label = pred[0].index if k % 2 == 0 else next(i for i in range(1000) if i not in {p.index for p in pred})
+        hits += k % 2 == 0
+        img.save(tmp_path / f"{wnids[label]}_img{k}.png")
+    (tmp_path / "readme_notes.png").write_bytes(b"x")  # no wnid: skipped with a reason
+    report = evaluate(str(models["v2"]), tmp_path)
+    assert report.layout == "<wnid>_name files" and report.images == 8
+    assert report.top1 == pytest.approx(100 * hits / 8) and report.top5 >= report.top1
+    assert len(report.skipped) == 1 and "WordNet" in report.skipped[0][1]
+    assert main(["evaluate", "--model", str(models["v2"]), "--data", str(tmp_path), "--json",
+                 "--compare", str(models["v2b1"])]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["compare"]["top1_agreement"] == 100.0 and data["compare"]["max_abs_diff"] < 1e-3
+
+
+def test_evaluate_image_folder_and_label_file(models, tmp_path):
+    wnids = imagenet_wnids()
+    (tmp_path / "folder" / wnids[3]).mkdir(parents=True)
+    (tmp_path / "folder" / "goldfish").mkdir()  # a class name works too
+    (tmp_path / "flat").mkdir()
+    lines = []
+    for k, img in enumerate(synthetic_images(4, seed=1)):
+        img.save(tmp_path / "folder" / (wnids[3] if k < 2 else "goldfish") / f"{k}.jpg")
+        img.save(tmp_path / "flat" / f"ILSVRC_{k}.JPEG")
+        lines.append(f"ILSVRC_{k}.JPEG {k}")
+    (tmp_path / "val.txt").write_text("\n".join(lines))
+    samples, skipped, layout = discover(tmp_path / "folder", labels=imagenet_labels())
+    assert layout == "image folder" and sorted(s.label for s in samples) == [1, 1, 3, 3] and not skipped
+    report = evaluate(str(models["v2"]), tmp_path / "flat", label_file=tmp_path / "val.txt", limit=3)
+    assert report.layout == "label file" and report.images == 3
