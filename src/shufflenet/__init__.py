@@ -35,7 +35,26 @@ __all__ = [
     "save_weights",
     "random_weights",
     "build_model",
+    "preprocess_image",
+    "Classifier",
+    "export_onnx",
 ]
+
+# Heavier entry points load on first use (onnxruntime, Pillow): `import shufflenet` stays cheap.
+_LAZY = {
+    "preprocess_image": ("preprocess", "preprocess_image"),
+    "Classifier": ("runtime", "Classifier"),
+    "export_onnx": ("onnx_export", "export_onnx"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'shufflenet' has no attribute {name!r}")
 
 
 def build_model(name: str, *, weights=None, num_classes: int | None = None, seed: int | None = None):
