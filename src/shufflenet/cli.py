@@ -100,7 +100,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.variant, args.output, test_data=args.test_data, tar=args.tar, name=args.name,
         opset=args.opset, weights=args.weights, batch=args.batch, keep_batchnorm=args.keep_batchnorm,
         input_name=args.input_name, output_name=args.output_name, num_classes=args.num_classes,
-        via=args.via,
+        via=args.via, **({"input_size": args.input_size} if args.input_size else {}),
+        **({"labels": _read_labels(args.labels)} if args.labels else {}),
     )
     if args.json:
         _print_json(info)
@@ -112,6 +113,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"weights  {info['weights']}   batchnorm {info['batchnorm']}")
     print(f"size     {info['bytes']:,} bytes   sha256 {info['sha256']}")
     return 0
+
+
+def _read_labels(path: str) -> list[str]:
+    from .labels import load_labels
+
+    return load_labels(path)
 
 
 def _positive_int(text: str) -> int:
@@ -150,6 +157,9 @@ def _add_export(sub) -> None:
                    help="write a bundle with K test sets (generated images, one set with batch 3)")
     p.add_argument("--tar", action="store_true", help="also pack <name>.tar.gz as the zoo ships bundles")
     p.add_argument("--name", help="bundle name (default: <variant>-<opset>)")
+    p.add_argument("--input-size", type=_positive_int,
+                   help="square input size (default: the training run's, else 224)")
+    p.add_argument("--labels", help="class names to store in the model (one per line, JSON list or TSV)")
     p.add_argument("--via", choices=["emitter", "torch"], default="emitter",
                    help="emitter: written from the description (any opset, no torch); torch: "
                         "torch.onnx.export of the PyTorch module, then cleaned (opset >= 11)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,7 @@ def form(op: str, opset: int) -> str:
 
 class _Emitter:
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], opset: int, fold_bn: bool,
-                 rename: Mapping[str, str]) -> None:
+                 rename: Mapping[str, str], size: int) -> None:
         self.graph, self.w, self.opset, self.fold_bn = graph, weights, opset, fold_bn
         self.rename = rename
         self.nodes: list[onnx.NodeProto] = []
@@ -99,7 +99,7 @@ class _Emitter:
                     src = next((m for m in graph.nodes if n.inputs[0] in m.outputs), None)
                     if src is not None and src.op == "conv" and len(consumers[src.output]) == 1:
                         self.folded[src.output] = n
-        self.shapes = graph.shapes()
+        self.shapes = graph.shapes((size, size))
 
     def t(self, name: str) -> str:
         return self.rename.get(name, name)
@@ -231,6 +231,7 @@ def export_onnx(
     num_classes: int | None = None,
     seed: int | None = None,
     labels: list[str] | None = None,
+    input_size: int | None = None,
 ) -> onnx.ModelProto:
     """Build the ONNX model of a registry variant. See ``shufflenet export --help``.
 
@@ -245,19 +246,23 @@ def export_onnx(
         raise ExportError(f"batch must be a positive integer, got {batch!r}")
     w, source, n_classes = resolve_weights(weights, spec, num_classes=num_classes, seed=seed)
     graph = spec.graph(n_classes)
+    if labels is None and source.labels is not None:
+        labels = list(source.labels)  # a training run's class names travel with the model
+    size = input_size or source.input_size or spec.preprocess.crop
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 1024:
+        raise ExportError(f"input size must be an integer from 32 to 1024, got {size!r}")
     in_name, out_name = input_name or graph.input, output_name or graph.output
     if in_name == out_name:
         raise ExportError(f"input and output names must differ, both are {in_name!r}")
     if labels is not None and len(labels) != n_classes:
         raise ExportError(f"{len(labels)} labels given for a model with {n_classes} classes")
     rename = {graph.input: in_name, graph.output: out_name}
-    em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm, rename=rename)
+    em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm, rename=rename, size=size)
     em.emit()
-    size = graph.shapes()[graph.input][1:]
     dim0 = batch if batch is not None else "N"
     onnx_graph = helper.make_graph(
         em.nodes, spec.name,
-        inputs=[helper.make_tensor_value_info(in_name, TensorProto.FLOAT, [dim0, 3, *size])],
+        inputs=[helper.make_tensor_value_info(in_name, TensorProto.FLOAT, [dim0, 3, size, size])],
         outputs=[helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [dim0, n_classes])],
         initializer=list(em.inits.values()),
     )
@@ -270,7 +275,10 @@ def export_onnx(
                               producer_version=_version(),
                               ir_version=ir_version)
     model.doc_string = f"{spec.summary}; weights {source.description}"
-    _set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels)
+    recipe = spec.preprocess
+    if size != recipe.crop:  # keep the crop ratio of the recipe (224 of 256 = 0.875)
+        recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
+    _set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, recipe)
     return model
 
 
@@ -286,15 +294,15 @@ def _version() -> str:
 
 
 def _set_metadata(model, spec: VariantSpec, source: WeightSource, opset: int, keep_bn: bool,
-                  num_classes: int, labels: list[str] | None) -> None:
+                  num_classes: int, labels: list[str] | None, recipe=None) -> None:
     meta = {
         "variant": spec.name,
         "weights_source": source.description,
         "weights_sha256": source.sha256,
-        "weights_trained": "false" if source.kind == "random" else "unknown",
+        "weights_trained": {"random": "false", "run": "true"}.get(source.kind, "unknown"),
         "opset": str(opset),
         "batchnorm": "kept" if keep_bn else "folded",
-        "preprocessing": json.dumps(spec.preprocess.to_dict()),
+        "preprocessing": json.dumps((recipe or spec.preprocess).to_dict()),
         "output_kind": spec.output_kind,
         "num_classes": str(num_classes),
         "producer": f"shufflenet {_version()}",

@@ -130,9 +130,10 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
 
 
-def test_inputs(variant: str, count: int, *, batch: int | None = None, seed: int = 0) -> list[np.ndarray]:
+def test_inputs(variant: str, count: int, *, batch: int | None = None, seed: int = 0,
+                recipe=None) -> list[np.ndarray]:
     """Preprocessed synthetic images for ``count`` test sets; set 1 has batch 3 unless fixed."""
-    recipe = get_spec(variant).preprocess
+    recipe = recipe or get_spec(variant).preprocess
     sizes = [batch or (3 if k == 1 else 1) for k in range(count)]
     images = iter(synthetic_images(sum(sizes), seed=seed))
     return [np.concatenate([preprocess_pil(next(images), recipe) for _ in range(n)]) for n in sizes]
@@ -152,8 +153,10 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     fixed = dim0.dim_value if dim0.HasField("dim_value") else None
     name = name or f"{variant}-{_opset(model)}"
+    from .runtime import _model_info
+
     runner = Runner(model)
-    inputs = test_inputs(variant, test_data, batch=fixed, seed=seed)
+    inputs = test_inputs(variant, test_data, batch=fixed, seed=seed, recipe=_model_info(model)[0])
     sets = [(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs]
     folder = write_bundle(model, out_dir, name, sets)
     out = {"bundle": folder, "model": folder / "model.onnx"}
@@ -165,7 +168,7 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
 def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
                      keep_batchnorm: bool = False, input_name: str | None = None,
                      output_name: str | None = None, num_classes: int | None = None,
-                     seed: int | None = None, labels=None) -> onnx.ModelProto:
+                     seed: int | None = None, labels=None, input_size: int | None = None) -> onnx.ModelProto:
     """The ``--via torch`` path: build the PyTorch module, torch.onnx.export it, clean the graph."""
     from .onnx_clean import clean_graph
     from .onnx_export import ExportError, _set_metadata
@@ -175,11 +178,19 @@ def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, bat
         raise ExportError("--keep-batchnorm is not available with --via torch (torch folds BatchNorm)")
     module = build_model(variant, weights=weights, num_classes=num_classes, seed=seed)
     spec = get_spec(variant)
+    size = input_size or module.weights_source.input_size or spec.preprocess.crop
     raw = _torch_export(module, opset=opset, batch=batch, input_name=input_name or spec.input_name,
-                        output_name=output_name or spec.output_name)
+                        output_name=output_name or spec.output_name, size=size)
     model = clean_graph(raw)
     model.producer_name = "shufflenet (via torch.onnx.export)"
-    _set_metadata(model, spec, module.weights_source, opset, False, module.graph.num_classes, labels)
+    from dataclasses import replace
+
+    recipe = spec.preprocess
+    if size != recipe.crop:
+        recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
+    if labels is None and module.weights_source.labels is not None:
+        labels = list(module.weights_source.labels)
+    _set_metadata(model, spec, module.weights_source, opset, False, module.graph.num_classes, labels, recipe)
     return model
 
 

@@ -312,10 +312,33 @@ def _state_dict_to_numpy(obj, path: Path) -> Weights:
 class WeightSource:
     """Where weights came from, for provenance in exported models and reports."""
 
-    kind: str  # "random" | "file" | "dict"
+    kind: str  # "random" | "file" | "dict" | "run"
     description: str
     sha256: str  # of the file when there is one, else of the values (weights_digest)
     seed: int | None = None
+    #: from a training run: its class names and the input size it was trained at
+    labels: tuple[str, ...] | None = None
+    input_size: int | None = None
+
+
+def training_run(path: str | os.PathLike) -> tuple[Path, dict] | None:
+    """``RUN/``, ``RUN/best`` or ``RUN/last`` of ``shufflenet train`` -> (weights file, run info)."""
+    path = Path(path)
+    if path.is_dir() and (path / "best.safetensors").is_file():
+        file = path / "best.safetensors"
+    elif not path.exists() and path.suffix == "" and path.with_suffix(".safetensors").is_file():
+        file = path.with_suffix(".safetensors")
+    elif path.is_file() and path.suffix == ".safetensors" and (path.parent / "classes.json").is_file():
+        file = path
+    else:
+        return None
+    run = file.parent
+    try:
+        classes = json.loads((run / "classes.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{run}: not a complete training run ({e})") from None
+    return file, {"classes": classes, "variant": config.get("variant"), "img_size": config.get("img_size")}
 
 
 def resolve_weights(
@@ -346,6 +369,7 @@ def resolve_weights(
         return w, WeightSource("random", f"random:{seed}", weights_digest(w), seed), n
     if seed is not None:
         raise WeightsError("seed only applies to random weights; it conflicts with the given weights")
+    extra = {}
     if isinstance(source, Mapping):
         raw, desc, digest, kind = dict(source), "<numpy dict>", None, "dict"
     else:
@@ -357,18 +381,25 @@ def resolve_weights(
                 raise WeightsError(f"torchvision publishes no weights for {spec.name}")
             source = fetch(published[0])
         path = Path(source)
+        run = training_run(path)
+        extra: dict = {}
+        if run is not None:
+            path, info = run
+            if info["variant"] != spec.name:
+                raise WeightsError(f"{source} is a training run of {info['variant']}, not {spec.name}")
+            extra = {"labels": tuple(info["classes"]), "input_size": info["img_size"]}
         if path.suffix.lower() == ".onnx" and path.is_file():
             raw = weights_from_onnx(path, spec, num_classes)
         else:
             raw = load_weights(path)
-        desc, digest, kind = str(path), sha256_file(path), "file"
+        desc, digest, kind = str(path), sha256_file(path), "run" if run else "file"
     found = infer_num_classes(raw, spec)
     if num_classes is not None and found is not None and found != num_classes:
         raise WeightsError(f"num_classes={num_classes} contradicts the weights, whose classifier "
                            f"has {found} outputs")
     n = found or num_classes or 1000
     w = conform(raw, spec.graph(n), what=desc)
-    return w, WeightSource(kind, desc, digest or weights_digest(w)), n
+    return w, WeightSource(kind, desc, digest or weights_digest(w), **(extra if kind == "run" else {})), n
 
 
 # --------------------------------------------------------------------------- ONNX initializers
