@@ -355,9 +355,128 @@ def _add_fetch(sub) -> None:
     p.set_defaults(handler=_cmd_fetch)
 
 
+# --------------------------------------------------------------------------- demo-data / train
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from .demo_data import make_demo_data
+
+    info = make_demo_data(args.dir, classes=args.classes, per_class=args.per_class, size=args.size,
+                          seed=args.seed, difficulty=args.difficulty)
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"{args.dir}: {info['train']} train + {info['val']} val images, {len(info['classes'])} classes "
+              f"({', '.join(info['classes'])}), {info['size']}px, {info['difficulty']}")
+    return 0
+
+
+def _add_demo_data(sub) -> None:
+    from .demo_data import CLASSES
+
+    p = sub.add_parser("demo-data", help="generate an offline ImageFolder dataset of drawn objects",
+                       description="Writes DIR/train/<class>/ and DIR/val/<class>/ JPEGs of "
+                                   f"procedurally drawn objects ({', '.join(CLASSES)}), "
+                                   "deterministically from --seed.")
+    p.add_argument("dir")
+    p.add_argument("--classes", type=_positive_int, default=10, help=f"2..{len(CLASSES)} (default 10)")
+    p.add_argument("--per-class", type=_positive_int, default=100, help="images per class, 20%% held out (default 100)")
+    p.add_argument("--size", type=_positive_int, default=224, help="image side in pixels (default 224)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", choices=["easy", "normal"], default="normal",
+                   help="easy: one light object on a dark background (quick checks); normal: colour, "
+                        "clutter, textures, blur, JPEG noise")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_demo_data)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train import TrainConfig, train
+
+    if args.resume:
+        import json as _json
+        from pathlib import Path
+
+        cfg_path = Path(args.resume) / "config.json"
+        if not cfg_path.is_file():
+            raise _usage(f"{args.resume}: not a training run (no config.json)")
+        cfg = TrainConfig.from_dict(_json.loads(cfg_path.read_text()))
+        if args.epochs:
+            cfg = dataclasses.replace(cfg, epochs=args.epochs)
+    else:
+        if not args.data or not args.output:
+            raise _usage("--data and -o RUN are required (or --resume RUN)")
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None and k != "out"},
+                          out=args.output)
+    state = {"epoch": -1}
+    bar = _Bar("train", args.quiet)
+
+    def progress(epoch, step, steps, loss):
+        if state["epoch"] != epoch:
+            bar.close()
+            state["epoch"] = epoch
+            bar.label, bar.last = f"epoch {epoch + 1}/{cfg.epochs}", -1
+        bar(step, steps)
+
+    result = train(cfg, resume=bool(args.resume), progress=progress)
+    bar.close()
+    if args.json:
+        _print_json({"run": str(result.run), "best_val_acc": result.best_val_acc, "final_val_acc": result.final_val_acc,
+                     "epochs": result.epochs_done, "interrupted": result.interrupted, "seconds": result.seconds,
+                     "history": result.history, "ddp": result.ddp})
+    elif int(__import__("os").environ.get("RANK", "0")) == 0:
+        for h in result.history:
+            val = "-" if h["val_acc"] is None else f"{h['val_acc']:.1f}%"
+            print(f"epoch {h['epoch']:3d}  loss {h['train_loss']:.3f}  train {h['train_acc']:.1f}%  val {val}  "
+                  f"lr {h['lr']:.3g}  {h['seconds']:.1f}s")
+        if result.interrupted:
+            print(f"interrupted: resume with `shufflenet train --resume {result.run}`")
+        else:
+            print(f"run {result.run}: best val {result.best_val_acc}%; export with "
+                  f"`shufflenet export {cfg.variant} --weights {result.run}/best -o model.onnx`")
+    return 130 if result.interrupted else 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune on an ImageFolder (needs the torch extra)",
+                       description="DATA: DATA/train/<class>/ + DATA/val/<class>/, or DATA/<class>/ (split "
+                                   "by --val-fraction, seeded). RUN receives config, checkpoint, best/last "
+                                   "weights, class names, metrics CSV/JSON and curves.png. Ctrl-C leaves a "
+                                   "resumable checkpoint. Under torchrun it trains with DDP (gloo).")
+    p.add_argument("--data")
+    p.add_argument("--variant", default=None, help="registry variant (default shufflenet_v2_x0_5)")
+    p.add_argument("-o", "--output", help="the run folder (must be new or empty)")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
+    p.add_argument("--pretrained", help="torchvision | PATH: start from these weights, new head for the classes")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--img-size", type=_positive_int, help="train crop size (default 224)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.2 scratch / 0.02 fine-tune)")
+    p.add_argument("--weight-decay", type=float, help="not applied to BN and biases")
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--ema", type=float, help="EMA decay, e.g. 0.999 (evaluation and best weights use it)")
+    p.add_argument("--freeze-backbone-epochs", type=int)
+    p.add_argument("--amp", choices=["off", "bf16", "auto"])
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--min-scale", type=float, help="RandomResizedCrop lower scale bound")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_train)
+
+
 # --------------------------------------------------------------------------- main
 
-SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch]
+SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch,
+               _add_demo_data, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

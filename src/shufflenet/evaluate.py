@@ -163,13 +163,14 @@ def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
         rows.append(r.outputs)
     raw_b = np.stack(rows)
     a, b = _scores(raw_a.astype(np.float64), clf.output_kind), _scores(raw_b.astype(np.float64), other_clf.output_kind)
-    top5a, top5b = np.argsort(-a, 1)[:, :5], np.argsort(-b, 1)[:, :5]
+    k = min(5, a.shape[1])
+    top5a, top5b = np.argsort(-a, 1)[:, :k], np.argsort(-b, 1)[:, :k]
     cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     return {
         "model": other_clf.source,
         "images": len(a),
         "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
-        "top5_overlap": float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(top5a, top5b)]) * 100),
+        "top5_overlap": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top5a, top5b)]) * 100),
         "mean_logit_cosine": float(cos.mean()),
         "max_abs_diff": float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max()),
     }

@@ -362,7 +362,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
                                 ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
                             else:
                                 ema[k].copy_(v)
-                loss_sum += float(loss) * len(y)
+                loss_sum += float(loss.detach()) * len(y)
                 correct += float((logits.argmax(1) == y).sum())
                 seen += len(y)
                 if progress:

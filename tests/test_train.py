@@ -1,0 +1,121 @@
+"""Training on generated data: learns, resumes exactly, DDP ranks agree, flows into export."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from shufflenet.cli import main  # noqa: E402
+from shufflenet.demo_data import CLASSES, DemoDataError, make_demo_data  # noqa: E402
+from shufflenet.train import TrainConfig, TrainError, train  # noqa: E402
+from shufflenet.weights import load_weights  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("easy")
+    make_demo_data(d / "data", classes=4, per_class=80, size=64, seed=1, difficulty="easy")
+    return d / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    make_demo_data(d / "data", classes=3, per_class=10, size=40, seed=2, difficulty="easy")
+    return d / "data"
+
+
+def test_demo_data_is_deterministic_and_well_formed(tmp_path):
+    a = make_demo_data(tmp_path / "a", classes=3, per_class=5, size=48, seed=7)
+    make_demo_data(tmp_path / "b", classes=3, per_class=5, size=48, seed=7)
+    make_demo_data(tmp_path / "c", classes=3, per_class=5, size=48, seed=8)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert len(files) == 15 and a["train"] == 12 and a["val"] == 3
+    assert {f.parts[1] for f in files} == set(CLASSES[:3])
+    same = all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    differ = any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files)
+    assert same and differ
+    with pytest.raises(DemoDataError, match="not empty"):
+        make_demo_data(tmp_path / "a", classes=3, per_class=5)
+    with pytest.raises(DemoDataError, match="classes"):
+        make_demo_data(tmp_path / "d", classes=99)
+
+
+def test_training_learns_well_above_chance(easy, tmp_path):
+    """4 classes (chance 25%): ShuffleNetV2 x0.5 from scratch, 56 px, 20 epochs of 256 images.
+    Measured here: ~67% on the held-out split in ~10 s on 2 cores."""
+    result = train(TrainConfig(data=str(easy), out=str(tmp_path / "run"), variant="shufflenet_v2_x0_5",
+                               epochs=20, batch_size=16, img_size=56, min_scale=0.5, threads=2))
+    assert not result.interrupted and result.epochs_done == 20
+    assert result.final_val_acc >= 50.0, result.history
+    run = tmp_path / "run"
+    for name in ("config.json", "classes.json", "checkpoint.pt", "best.safetensors", "last.safetensors",
+                 "metrics.csv", "metrics.json", "curves.png", "summary.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "classes.json").read_text()) == sorted(CLASSES[:4])  # folder order
+    assert len(json.loads((run / "metrics.json").read_text())) == 20
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc")
+
+    # the run flows on: export keeps the class names and input size; classify prints them
+    out = tmp_path / "m.onnx"
+    assert main(["export", "shufflenet_v2_x0_5", "--weights", str(run / "best"), "-o", str(out)]) == 0
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["labels"]) == sorted(CLASSES[:4]) and meta["weights_trained"] == "true"
+    assert model.graph.input[0].type.tensor_type.shape.dim[2].dim_value == 56
+    from shufflenet.evaluate import evaluate
+
+    report = evaluate(str(out), easy / "val")
+    assert report.images == 64 and abs(report.top1 - result.final_val_acc) <= 100 / 64 + 1e-9
+
+
+def _same_weights(a, b):
+    wa, wb = load_weights(a), load_weights(b)
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_interruption_gives_identical_weights(tiny, tmp_path):
+    cfg = dict(data=str(tiny), variant="shufflenet_v2_x0_5", epochs=3, batch_size=8, img_size=32, threads=1, ema=0.9)
+    full = train(TrainConfig(out=str(tmp_path / "full"), **cfg))
+    cut = train(TrainConfig(out=str(tmp_path / "cut"), **cfg), stop_after_steps=5)  # mid-epoch 2
+    assert cut.interrupted and (tmp_path / "cut" / "checkpoint.pt").is_file()
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), **cfg), resume=True)
+    assert not resumed.interrupted and resumed.epochs_done == 3
+    assert _same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
+    assert [h["val_acc"] for h in full.history] == [h["val_acc"] for h in resumed.history]
+
+
+def test_bad_requests_are_clear_errors(tiny, tmp_path, capsys):
+    with pytest.raises(TrainError, match="not a folder"):
+        train(TrainConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "r")))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "busy"), "--epochs", "1"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r2"), "--variant", "nope"]) == 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_end_with_identical_weights(tiny, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "shufflenet", "train", "--data", str(tiny), "-o",
+           str(tmp_path / "ddp"), "--epochs", "2", "--batch-size", "4", "--img-size", "32", "--threads", "1", "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["ddp"]["world_size"] == 2 and summary["ddp"]["identical_weights"] is True
+    assert len(set(summary["ddp"]["digests"])) == 1
