@@ -473,10 +473,96 @@ def _add_train(sub) -> None:
     p.set_defaults(handler=_cmd_train)
 
 
+# --------------------------------------------------------------------------- quantize
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import QuantizeOptions, quantize
+
+    max_loss = None
+    if args.max_loss is not None:
+        text = args.max_loss.rstrip("%")
+        try:
+            max_loss = float(text)
+        except ValueError:
+            raise _usage(f"--max-loss expects a percentage like 1 or 1%, got {args.max_loss!r}") from None
+    opts = QuantizeOptions(format=args.format, per_channel=args.per_channel, calib_method=args.calib_method,
+                           calib_count=args.calib_count, max_loss=max_loss, seed=args.seed,
+                           min_agreement=args.min_agreement)
+    quiet = args.quiet or args.json or not sys.stderr.isatty()
+
+    def progress(a):
+        if not quiet:
+            print(f"  try {a['format']} {a['calib_method']:10s} excluded {a['excluded']:3d}: "
+                  f"loss {a['loss_pct']:.2f}%  agreement {a['top1_agreement']:.1f}%", file=sys.stderr)
+
+    report = quantize(args.model, args.output, args.calib, options=opts, eval_data=args.eval_data,
+                      plot=args.plot, progress=progress)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        r, m = report.recipe, report.metrics
+        print(f"wrote    {report.output}  ({report.int8_bytes:,} bytes, fp32 {report.fp32_bytes:,}: "
+              f"{report.fp32_bytes / report.int8_bytes:.2f}x smaller)")
+        print(f"recipe   {r['format']} {'per-channel' if r['per_channel'] else 'per-tensor'} u8/s8"
+              f"{' reduce_range' if r['reduce_range'] else ''}, calibration {r['calib_method']} on "
+              f"{r['calib_images']} images, {len(r['excluded_nodes'])} nodes kept in fp32, opset {r['opset']}")
+        line = (f"fidelity top-1 agreement {m['top1_agreement']:.2f}%  top-5 overlap {m['top5_overlap']:.2f}%  "
+                f"logit cosine {m['logit_cosine']:.4f}")
+        if "fp32_accuracy" in m:
+            line += f"  accuracy fp32 {m['fp32_accuracy']:.2f}% int8 {m['int8_accuracy']:.2f}%"
+        print(line)
+        if report.criterion:
+            c = report.criterion
+            want = []
+            if c["max_loss_pct"] is not None:
+                want.append(f"{c['measure']} loss {c['loss_pct']:.2f}% <= {c['max_loss_pct']}%")
+            if c["min_agreement_pct"] is not None:
+                want.append(f"agreement {c['agreement_pct']:.2f}% >= {c['min_agreement_pct']}%")
+            print(f"criterion {' and '.join(want)}: {'met' if c['met'] else 'NOT met'} ({c['images']} images)")
+        if report.latency_ms:
+            lat = report.latency_ms
+            print(f"latency  fp32 {lat['fp32_ms']:.2f} ms  int8 {lat['int8_ms']:.2f} ms  ({lat['speedup']:.2f}x, "
+                  f"batch 1, 1 thread, {lat['runs']} runs each, interleaved)")
+        if report.worst_nodes:
+            print("worst    " + ", ".join(f"{t} {v:.1f} dB" for t, v in report.worst_nodes[:5]))
+        if report.plot:
+            print(f"plot     {report.plot}")
+    return 0 if not report.criterion or report.criterion["met"] else 1
+
+
+def _add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="int8 quantization (ONNX Runtime) tuned to keep accuracy",
+                       description="Static int8 quantization, QDQ or QOperator. With --max-loss the recipe "
+                                   "is tuned (calibration methods, then the least accurate tensors kept in "
+                                   "fp32) until the relative top-1 loss holds: accuracy with --eval-data, "
+                                   "else agreement with fp32 on held-out --calib images. Exit 1 when the "
+                                   "criterion could not be met (the best model found is still written).")
+    p.add_argument("model", help="an fp32 .onnx")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--calib", required=True, help="folder of calibration images (any layout)")
+    p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                   help="per-output-channel weight scales (default)")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--calib-count", type=_positive_int, default=100, help="images sampled for calibration (default 100)")
+    p.add_argument("--max-loss", help="allowed relative top-1 loss in percent, e.g. 1%% (INC's default)")
+    p.add_argument("--min-agreement", type=float, metavar="PCT",
+                   help="also require this top-1 agreement with fp32, e.g. 98")
+    p.add_argument("--eval-data", help="labelled folder (evaluate's layouts) to judge accuracy")
+    p.add_argument("--plot", help="write a PNG of per-tensor SQNR")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_quantize)
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch,
-               _add_demo_data, _add_train]
+               _add_demo_data, _add_train, _add_quantize]
 
 
 def build_parser() -> argparse.ArgumentParser:

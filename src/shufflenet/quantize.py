@@ -1,0 +1,457 @@
+"""int8 quantization with ONNX Runtime, tuned until it keeps accuracy.
+
+ONNX Runtime's own tools do the work: ``quant_pre_process`` (shape inference, graph
+optimisation), ``quantize_static`` (QDQ or QOperator, per-channel weights, MinMax / Entropy /
+Percentile calibration) (per-tensor SQNR is computed here; see ``_sensitivity`` for why not with ``qdq_loss_debug``).
+Around them:
+
+* calibration images come from a folder through the model's own preprocessing (seeded sample);
+* the activation/weight types follow ORT's guidance for the CPU at hand (U8 activations, S8
+  weights; reduce_range on x86 without VNNI, where U8S8 can saturate);
+* the opset trap: per-channel needs DequantizeLinear's ``axis`` (opset >= 13), so older models
+  are upgraded first; every written model passes ``onnx.checker`` and loads in ORT, or nothing
+  is written;
+* with ``max_loss`` the recipe is tuned (INC-style, relative top-1): calibration methods are
+  tried, then the tensors with the lowest SQNR are kept in fp32 (their producers and consumers
+  excluded), doubling the count until the criterion holds. The chosen recipe is written into
+  the model's ``metadata_props`` and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import CheckFailedError, ShuffleNetError
+from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info
+
+__all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
+
+FORMATS = ("qdq", "qoperator")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+class QuantizeError(ShuffleNetError, ValueError):
+    """A quantization request that cannot be honoured."""
+
+
+@dataclass
+class QuantizeOptions:
+    format: str = "qdq"  # "qdq" (like shufflenet-v2-12-qdq) or "qoperator" (like -int8)
+    per_channel: bool = True  # per-output-channel weight scales: depthwise convs need them
+    calib_method: str = "minmax"
+    calib_count: int = 100  # images sampled (seeded) from the calibration folder
+    max_loss: float | None = None  # percent, relative top-1 (INC's default criterion is 1%)
+    min_agreement: float | None = None  # percent top-1 agreement with fp32 also required
+    seed: int = 0
+    eval_count: int = 500  # at most this many images judge the criterion
+    measure_latency: bool = True
+
+
+def cpu_has_vnni() -> bool:
+    """x86 VNNI (AVX512-VNNI or AVX-VNNI): U8S8 int8 GEMMs run without saturation."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _list_images(folder: str | os.PathLike) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise QuantizeError(f"{root}: calibration data must be a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise QuantizeError(f"{root}: no images found")
+    return files
+
+
+def _batch(clf: Classifier, paths: list[Path]) -> np.ndarray:
+    from .preprocess import ImageError
+
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(clf.preprocess(p))
+        except ImageError:
+            continue  # a bad calibration image is skipped, not fatal
+    if not arrays:
+        raise QuantizeError("none of the calibration images could be read")
+    return np.concatenate(arrays)
+
+
+class _Reader:
+    """ORT CalibrationDataReader over preprocessed arrays (fixed-batch models get that batch)."""
+
+    def __init__(self, input_name: str, data: np.ndarray, batch: int | None) -> None:
+        step = batch or 1
+        n = len(data) - len(data) % step if batch else len(data)
+        self.items = [{input_name: data[i:i + step]} for i in range(0, max(n, step), step) if i + step <= len(data)]
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.items):
+            return None
+        self.pos += 1
+        return self.items[self.pos - 1]
+
+    def rewind(self):
+        self.pos = 0
+
+    def __iter__(self):  # qdq_loss_debug iterates; quantize_static calls get_next
+        return iter(self.items)
+
+
+# --------------------------------------------------------------------------- one quantization
+
+
+def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path) -> Path:
+    """Upgrade to opset 13 when per-channel needs it, then ORT's quant_pre_process."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx_legacy import upgrade_to_opset7
+
+    if per_channel and _opset(model) < 13:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(upgrade_to_opset7(model), 13)
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:
+            raise QuantizeError(f"per-channel int8 needs opset >= 13 (DequantizeLinear axis) and this "
+                                f"opset-{_opset(model)} model could not be upgraded ({e}); re-export it "
+                                "with --opset 13 or use --per-tensor") from None
+    src, dst = work / "fp32.onnx", work / "prepared.onnx"
+    onnx.save(model, str(src))
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    except Exception:  # symbolic shape inference can fail on exotic graphs; ORT optimisation alone
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def _quantize_once(prepared: Path, out: Path, reader: _Reader, *, fmt: str, per_channel: bool,
+                   method: str, exclude: list[str]) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    import contextlib
+    import io
+
+    vnni = cpu_has_vnni()
+    reader.rewind()
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+        quantize_static(
+            str(prepared), str(out), reader,
+            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+            per_channel=per_channel,
+            reduce_range=not vnni,  # ORT's advice for U8S8 on x86 without VNNI
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            nodes_to_exclude=exclude or None, extra_options=extra,
+        )
+    model = onnx.load(str(out))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        Runner(model)
+    except Exception as e:
+        raise CheckFailedError(f"ONNX Runtime wrote an unusable int8 model ({str(e).splitlines()[0]}); "
+                               "not saved") from None
+    return model
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def _outputs(model: onnx.ModelProto, data: np.ndarray, batch: int | None) -> np.ndarray:
+    runner = Runner(model)
+    name = runner.input_names[0]
+    step = batch or 32
+    outs = []
+    for i in range(0, len(data), step):
+        chunk = data[i:i + step]
+        n = len(chunk)
+        if batch and n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+        outs.append(runner.run({name: chunk})[0][:n])
+    return np.concatenate(outs).astype(np.float64)
+
+
+def _compare(ref: np.ndarray, got: np.ndarray, kind: str, labels: np.ndarray | None) -> dict:
+    def scores(x):
+        return np.log(np.maximum(x, 1e-30)) if kind == "probabilities" else x
+
+    a, b = scores(ref), scores(got)
+    k = min(5, a.shape[1])
+    t5a, t5b = np.argsort(-a, 1)[:, :k], np.argsort(-b, 1)[:, :k]
+    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    out = {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
+           "top5_overlap": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(t5a, t5b)]) * 100),
+           "logit_cosine": float(cos.mean())}
+    if labels is not None:
+        out["fp32_accuracy"] = float(np.mean(a.argmax(1) == labels) * 100)
+        out["int8_accuracy"] = float(np.mean(b.argmax(1) == labels) * 100)
+    return out
+
+
+def _loss(metrics: dict) -> float:
+    """Relative top-1 loss in percent: accuracy when labelled, else disagreement with fp32."""
+    if "fp32_accuracy" in metrics:
+        fp32 = metrics["fp32_accuracy"]
+        return 0.0 if fp32 == 0 else max(0.0, (fp32 - metrics["int8_accuracy"]) / fp32 * 100)
+    return 100.0 - metrics["top1_agreement"]
+
+
+def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np.ndarray) -> list[tuple[str, float]]:
+    """(tensor, SQNR in dB, mean over channels) of each quantized activation, worst first.
+
+    The fp32 activation is quantized and dequantized with the scale/zero point the QDQ model
+    uses for it, and compared with itself (with the Relu applied when ORT folded a Relu into the
+    quantization, as it does for uint8 with zero point 0). This is the tensor's own error, not
+    the error accumulated from earlier layers (ORT's qdq_loss_debug reports the latter, and
+    its per-tensor figure misreads folded Relus).
+    """
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq_model.graph.initializer}
+    params = {}
+    for n in qdq_model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits and n.input[0] not in inits:
+            zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] in inits else np.zeros((), np.uint8)
+            params[n.input[0]] = (float(inits[n.input[1]]), int(zp), np.iinfo(zp.dtype))
+    float_tensors = {o for node in prepared.graph.node for o in node.output}
+    names = [t for t in params if t in float_tensors]
+    if not names:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(prepared)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: data}
+    acts = dict(zip(names, sess.run(names, feed)))
+    consumers: dict[str, list[str]] = {}
+    for node in prepared.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node.op_type)
+    ranked = []
+    for t in names:
+        x = acts[t].astype(np.float64)
+        scale, zp, info = params[t]
+        dq = (np.clip(np.rint(x / scale) + zp, info.min, info.max) - zp) * scale
+        ref = np.maximum(x, 0) if consumers.get(t) == ["Relu"] else x
+        # per channel, then the mean: one huge channel must not hide the others being zeroed
+        axes = tuple(i for i in range(ref.ndim) if i != 1) if ref.ndim > 1 else (0,)
+        signal = np.sqrt(np.sum(ref**2, axis=axes))
+        noise = np.sqrt(np.sum((ref - dq) ** 2, axis=axes))
+        live = signal > 1e-12
+        if not live.any():
+            continue
+        per_channel = 20 * np.log10(signal[live] / np.maximum(noise[live], 1e-30 * signal[live]))
+        ranked.append((t, float(np.mean(np.minimum(per_channel, 120.0)))))
+    return sorted(ranked, key=lambda r: r[1])
+
+
+def _nodes_touching(model: onnx.ModelProto, tensor: str) -> list[str]:
+    """Nodes producing or consuming ``tensor``, through a Relu/Clip to its conv."""
+    names = []
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(tensor)
+    while node is not None:
+        names.append(node.name)
+        if node.op_type in ("Relu", "Clip") and node.input[0] in producers:
+            node = producers[node.input[0]]
+        else:
+            break
+    names += [n.name for n in model.graph.node if tensor in n.input]
+    return [n for n in names if n]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class QuantReport:
+    model: str
+    output: str
+    recipe: dict
+    fp32_bytes: int
+    int8_bytes: int
+    metrics: dict
+    criterion: dict | None
+    attempts: list[dict] = field(default_factory=list)
+    worst_nodes: list[tuple[str, float]] = field(default_factory=list)
+    latency_ms: dict | None = None
+    plot: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, rounds: int = 15, per: int = 10) -> dict:
+    """Batch-1, one-thread medians, fp32 and int8 interleaved in this process."""
+    runners = {"fp32": Runner(fp32, threads=1), "int8": Runner(int8, threads=1)}
+    feeds = {k: {r.input_names[0]: x} for k, r in runners.items()}
+    for k, r in runners.items():  # warm-up
+        for _ in range(5):
+            r.run(feeds[k])
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            t = time.perf_counter()
+            for _ in range(per):
+                r.run(feeds[k])
+            times[k].append((time.perf_counter() - t) / per * 1e3)
+    fp, q = statistics.median(times["fp32"]), statistics.median(times["int8"])
+    return {"fp32_ms": fp, "int8_ms": q, "speedup": fp / q, "runs": rounds * per, "threads": 1}
+
+
+def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: str | os.PathLike, *,
+             options: QuantizeOptions | None = None, eval_data: str | os.PathLike | None = None,
+             plot: str | os.PathLike | None = None, progress=None) -> QuantReport:
+    """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad."""
+    from .bundle import load_model_checked
+    from .evaluate import discover
+    from .weights import atomic_write
+
+    opts = options or QuantizeOptions()
+    if opts.format not in FORMATS:
+        raise QuantizeError(f"format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
+    if opts.calib_method not in CALIB_METHODS:
+        raise QuantizeError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {opts.calib_method!r}")
+    if opts.calib_count < 1:
+        raise QuantizeError("calib_count must be positive")
+    model_path, output = Path(model_path), Path(output)
+    fp32 = load_model_checked(model_path)
+    if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
+        raise QuantizeError(f"{model_path} is already quantized")
+    clf = Classifier(fp32)
+    recipe_pp, kind, _ = _model_info(fp32)
+    dims = fp32.graph.input[0].type.tensor_type.shape.dim
+    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+    files = _list_images(calib)
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(len(files))
+    calib_files = [files[i] for i in order[:opts.calib_count]]
+    held_out = [files[i] for i in order[opts.calib_count:]]
+    calib_data = _batch(clf, calib_files)
+    reader = _Reader(clf.input_name, calib_data, batch)
+    if not reader.items:
+        raise QuantizeError(f"{len(calib_data)} calibration images are fewer than the model's batch of {batch}")
+
+    labels = None
+    if eval_data is not None:
+        samples, _, _ = discover(eval_data, labels=clf.labels)
+        samples = samples[:opts.eval_count]
+        if not samples:
+            raise QuantizeError(f"{eval_data}: no labelled images")
+        eval_x = _batch(clf, [s.path for s in samples])
+        labels = np.array([s.label for s in samples]) if len(eval_x) == len(samples) else None
+    else:  # no labels: top-1 agreement with fp32 on images not used for calibration
+        eval_x = _batch(clf, held_out[:opts.eval_count]) if held_out else calib_data
+    ref = _outputs(fp32, eval_x, batch)
+
+    attempts: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="shufflenet-quant-") as tmp:
+        work = Path(tmp)
+        prepared = _prepare(fp32, opts.per_channel, work)
+        prepared_model = onnx.load(str(prepared))
+
+        def attempt(method: str, exclude: list[str], fmt: str = opts.format) -> tuple[onnx.ModelProto, dict]:
+            q = _quantize_once(prepared, work / "q.onnx", reader, fmt=fmt, per_channel=opts.per_channel,
+                               method=method, exclude=exclude)
+            metrics = _compare(ref, _outputs(q, eval_x, batch), kind, labels)
+            attempts.append({"format": fmt, "calib_method": method, "excluded": len(exclude),
+                             "loss_pct": _loss(metrics), **metrics})
+            if progress:
+                progress(attempts[-1])
+            return q, metrics
+
+        def shortfall(m: dict) -> tuple[float, float, float]:
+            """How far from the criteria (0 = met), then loss, then disagreement: lower is better."""
+            gap = 0.0
+            if opts.max_loss is not None:
+                gap += max(0.0, _loss(m) - opts.max_loss)
+            if opts.min_agreement is not None:
+                gap += max(0.0, opts.min_agreement - m["top1_agreement"])
+            return gap, _loss(m), -m["top1_agreement"]
+
+        def met(m: dict) -> bool:
+            return shortfall(m)[0] == 0.0
+
+        q, m = attempt(opts.calib_method, [])
+        best = (q, m, opts.calib_method, [])  # (model, metrics, calibration method, excluded nodes)
+        if not met(best[1]):
+            for other in (x for x in CALIB_METHODS if x != opts.calib_method):
+                q, m = attempt(other, [])
+                if shortfall(m) < shortfall(best[1]):
+                    best = (q, m, other, [])
+                if met(best[1]):
+                    break
+        method = best[2]
+        # per-tensor sensitivity, measured on the QDQ form of the chosen calibration
+        probe = best[0] if opts.format == "qdq" else _quantize_once(
+            prepared, work / "probe.onnx", reader, fmt="qdq", per_channel=opts.per_channel, method=method, exclude=[])
+        worst = _sensitivity(prepared_model, probe, calib_data[:32])
+        k = 1
+        while not met(best[1]) and k <= len(worst):
+            exclude = sorted({n for t, _ in worst[:k] for n in _nodes_touching(prepared_model, t)})
+            q, m = attempt(method, exclude)
+            if shortfall(m) < shortfall(best[1]):
+                best = (q, m, method, exclude)
+            k *= 2
+        best_q, best_m, method, final_exclude = best
+
+        recipe = {
+            "format": opts.format, "per_channel": opts.per_channel, "activation_type": "uint8",
+            "weight_type": "int8", "reduce_range": not cpu_has_vnni(), "calib_method": method,
+            "calib_images": len(calib_data), "calib_seed": opts.seed, "excluded_nodes": final_exclude,
+            "opset": _opset(best_q), "tool": f"onnxruntime {__import__('onnxruntime').__version__} quantize_static",
+        }
+        criterion = None
+        if opts.max_loss is not None or opts.min_agreement is not None:
+            criterion = {"max_loss_pct": opts.max_loss, "min_agreement_pct": opts.min_agreement,
+                         "measure": "accuracy" if labels is not None else "top-1 agreement with fp32",
+                         "loss_pct": _loss(best_m), "agreement_pct": best_m["top1_agreement"],
+                         "met": met(best_m), "images": len(eval_x)}
+        meta = {p.key: p.value for p in best_q.metadata_props}
+        meta.update({p.key: p.value for p in fp32.metadata_props})
+        meta["quantization"] = json.dumps(recipe)
+        if criterion:
+            meta["quantization_criterion"] = json.dumps(criterion)
+        del best_q.metadata_props[:]
+        onnx.helper.set_model_props(best_q, meta)
+        onnx.checker.check_model(best_q, full_check=True)
+        Runner(best_q)
+        atomic_write(output, lambda t: t.write_bytes(best_q.SerializeToString()))
+
+    latency = _latency(fp32, best_q, eval_x[:1]) if opts.measure_latency and batch in (None, 1) else None
+    plot_path = None
+    if plot is not None and worst:
+        from .plotting import bar_panel, save_panels
+
+        plot_path = str(save_panels([bar_panel(worst[::-1][:200][::-1] if len(worst) > 200 else worst,
+                                               title="per-tensor SQNR (dB), worst first", ylabel="tensors")],
+                                    plot))
+    return QuantReport(str(model_path), str(output), recipe, model_path.stat().st_size, output.stat().st_size,
+                       best_m, criterion, attempts, worst[:10], latency, plot_path)

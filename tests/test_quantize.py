@@ -1,0 +1,109 @@
+"""int8 quantization: valid files at any opset, fidelity on a trained model, the tuning loop."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from shufflenet.cli import main
+from shufflenet.onnx_export import export_onnx, save_model
+from shufflenet.quantize import QuantizeError, QuantizeOptions, quantize
+from shufflenet.runtime import Runner
+
+
+def _ops(model):
+    return {n.op_type for n in model.graph.node}
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_trained_model_keeps_accuracy(trained, tmp_path, fmt):
+    """Acceptance: within 1 point of fp32 accuracy and >= 98% top-1 agreement on held-out images."""
+    report = quantize(trained["onnx"], tmp_path / "q.onnx", trained["data"] / "train",
+                      options=QuantizeOptions(format=fmt, max_loss=1.0, min_agreement=98.0),
+                      eval_data=trained["data"] / "val",
+                      plot=tmp_path / "sqnr.png")
+    m = report.metrics
+    assert m["fp32_accuracy"] - m["int8_accuracy"] <= 1.0, m  # measured here: 70.6% -> 71.9%
+    assert m["top1_agreement"] >= 98.0, m
+    assert report.criterion["met"] and report.criterion["images"] == 160
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert ("QLinearConv" in _ops(model)) == (fmt == "qoperator")
+    assert ("DequantizeLinear" in _ops(model))
+    meta = {p.key: p.value for p in model.metadata_props}
+    recipe = json.loads(meta["quantization"])
+    assert recipe["format"] == fmt and recipe["per_channel"] and recipe["calib_images"] == 100
+    assert meta["labels"] and meta["preprocessing"]  # the fp32 model's metadata travels on
+    if not recipe["excluded_nodes"]:
+        assert report.int8_bytes < report.fp32_bytes / 2
+    assert (tmp_path / "sqnr.png").stat().st_size > 1000
+    assert report.worst_nodes and report.worst_nodes[0][1] <= report.worst_nodes[-1][1]
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_opset12_per_channel_never_writes_an_invalid_model(tmp_path, fmt, trained):
+    path = save_model(export_onnx("shufflenet_v2_x0_5", opset=12), tmp_path / "m12.onnx")
+    report = quantize(path, tmp_path / "q.onnx", trained["data"] / "val",
+                      options=QuantizeOptions(format=fmt, calib_count=8, measure_latency=False))
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert report.recipe["opset"] >= 13
+    Runner(model)  # loads and runs in ORT
+    r = Runner(model)
+    out = r.run({r.input_names[0]: np.zeros((2, 3, 224, 224), np.float32)})[0]
+    assert out.shape == (2, 1000) and np.isfinite(out).all()
+
+
+def _break_one_node(src, dst, scale=2000.0):
+    """Scale one conv's output channel 0 by `scale` (through its Relu) and its consumer's input
+    channel 0 by 1/scale: fp32 outputs stay the same, but the activation between them gets one
+    huge outlier channel that ruins its per-tensor quantization."""
+    model = onnx.load(str(src))
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    for conv in nodes:
+        if conv.op_type != "Conv" or not conv.name.startswith("stage3.2.branch2.1"):
+            continue
+        relu = next(n for n in nodes if n.op_type == "Relu" and n.input[0] == conv.output[0])
+        dw = next(n for n in nodes if n.op_type == "Conv" and n.input[0] == relu.output[0])
+        for name, axis_scale in ((conv.input[1], scale), (conv.input[2], scale), (dw.input[1], 1 / scale)):
+            arr = numpy_helper.to_array(inits[name]).copy()
+            arr[0] *= axis_scale
+            inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+        save_model(model, dst)
+        return relu.output[0]
+    raise AssertionError("conv not found")
+
+
+def test_tuning_finds_and_excludes_a_broken_node(trained, tmp_path):
+    broken = _break_one_node(trained["onnx"], tmp_path / "broken.onnx")
+    data = trained["data"]
+    plain = quantize(tmp_path / "broken.onnx", tmp_path / "q0.onnx", data / "train",
+                     options=QuantizeOptions(measure_latency=False), eval_data=data / "val")
+    assert plain.metrics["top1_agreement"] < 95  # the outlier channel really hurts
+    assert plain.worst_nodes[0][0] == broken  # and per-tensor SQNR points at it
+    tuned = quantize(tmp_path / "broken.onnx", tmp_path / "q1.onnx", data / "train",
+                     options=QuantizeOptions(max_loss=1.0, measure_latency=False), eval_data=data / "val")
+    assert tuned.criterion["met"], tuned.attempts
+    assert any(n.startswith("stage3.2.branch2.1") for n in tuned.recipe["excluded_nodes"])
+    assert len(tuned.recipe["excluded_nodes"]) <= 12, tuned.attempts  # measured: 9 (2 tensors)
+    assert tuned.metrics["top1_agreement"] >= 98
+
+
+def test_bad_requests(tmp_path, trained, capsys):
+    with pytest.raises(QuantizeError, match="format"):
+        quantize(trained["onnx"], tmp_path / "q.onnx", trained["data"], options=QuantizeOptions(format="int4"))
+    with pytest.raises(QuantizeError, match="no images"):
+        (tmp_path / "empty").mkdir()
+        quantize(trained["onnx"], tmp_path / "q.onnx", tmp_path / "empty")
+    assert not (tmp_path / "q.onnx").exists()
+    assert main(["quantize", str(trained["onnx"]), "-o", str(tmp_path / "q.onnx"), "--calib",
+                 str(trained["data"] / "val"), "--calib-count", "8", "--json"]) == 0
+    json.loads(capsys.readouterr().out)
+    assert main(["quantize", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "qq.onnx"), "--calib",
+                 str(trained["data"] / "val")]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert main(["quantize", str(trained["onnx"]), "-o", str(tmp_path / "x.onnx"), "--calib",
+                 str(trained["data"]), "--max-loss", "abc"]) == 2
