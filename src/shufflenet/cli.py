@@ -559,10 +559,56 @@ def _add_quantize(sub) -> None:
     p.set_defaults(handler=_cmd_quantize)
 
 
+# --------------------------------------------------------------------------- zoo
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .zoo import build
+
+    variants = args.variants if args.variants in ("zoo", "all") else [v.strip() for v in args.variants.split(",") if v.strip()]
+    bar = _Bar("zoo build", args.quiet or args.json)
+
+    def progress(done, total, result):
+        bar(done, total)
+        if not result.ok and not args.json:
+            sys.stderr.write(f"\nshufflenet zoo: {result.artifact.name} failed: {result.error}\n")
+
+    summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib,
+                    eval_data=args.eval_data, progress=progress)
+    bar.close()
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"built {len(summary['built'])} artifacts into {summary['out']} in {summary['seconds']:.0f} s")
+        print(f"manifest {summary['manifest']}\ntable    {summary['readme']}")
+        for name, err in summary["failed"]:
+            print(f"FAILED   {name}: {err}")
+    return 1 if summary["failed"] else 0
+
+
+def _add_zoo(sub) -> None:
+    p = sub.add_parser("zoo", help="build the ONNX Model Zoo's ShuffleNet table from source")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="build", required=True)
+    b = zsub.add_parser("build", help="export, quantize, bundle and validate every artifact",
+                        description="Rebuilds shufflenet-3/6/7/8/9 (Caffe2 V1), shufflenet-v2-10/12 and "
+                                    "the int8 (QOperator) and QDQ V2, each .onnx + .tar.gz with test data, "
+                                    "validated; writes manifest.json (zoo hub keys) and README.md. With "
+                                    "--weights random everything runs offline (and is labelled untrained).")
+    b.add_argument("--out", required=True)
+    b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP.replace("default random:0", "default random:0"))
+    b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
+                                                     "or a comma list of variants")
+    b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")
+    b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(handler=_cmd_zoo)
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch,
-               _add_demo_data, _add_train, _add_quantize]
+               _add_demo_data, _add_train, _add_quantize, _add_zoo]
 
 
 def build_parser() -> argparse.ArgumentParser:

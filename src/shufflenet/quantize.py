@@ -121,8 +121,9 @@ class _Reader:
 # --------------------------------------------------------------------------- one quantization
 
 
-def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path) -> Path:
-    """Upgrade to opset 13 when per-channel needs it, then ORT's quant_pre_process."""
+def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path, name: str = "prepared") -> Path:
+    """Upgrade to opset 13 when per-channel QDQ needs it (``per_channel`` True), then ORT's
+    quant_pre_process."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .onnx_legacy import upgrade_to_opset7
@@ -137,7 +138,7 @@ def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path) -> Path:
             raise QuantizeError(f"per-channel int8 needs opset >= 13 (DequantizeLinear axis) and this "
                                 f"opset-{_opset(model)} model could not be upgraded ({e}); re-export it "
                                 "with --opset 13 or use --per-tensor") from None
-    src, dst = work / "fp32.onnx", work / "prepared.onnx"
+    src, dst = work / f"{name}-fp32.onnx", work / f"{name}.onnx"
     onnx.save(model, str(src))
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
@@ -374,7 +375,15 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     attempts: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="shufflenet-quant-") as tmp:
         work = Path(tmp)
-        prepared = _prepare(fp32, opts.per_channel, work)
+        # per-channel QDQ needs DequantizeLinear's axis (opset 13); QOperator's QLinearConv takes
+        # per-channel scales from opset 10, so it keeps the model's opset when ORT writes a valid model
+        prepared = _prepare(fp32, opts.per_channel and opts.format == "qdq", work)
+        if opts.per_channel and opts.format == "qoperator" and _opset(fp32) < 13:
+            try:
+                _quantize_once(prepared, work / "probe-opset.onnx", reader, fmt="qoperator", per_channel=True,
+                               method=opts.calib_method, exclude=[])
+            except CheckFailedError:  # not valid at this opset: upgrade like QDQ
+                prepared = _prepare(fp32, True, work)
         prepared_model = onnx.load(str(prepared))
 
         def attempt(method: str, exclude: list[str], fmt: str = opts.format) -> tuple[onnx.ModelProto, dict]:
@@ -410,8 +419,13 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
                     break
         method = best[2]
         # per-tensor sensitivity, measured on the QDQ form of the chosen calibration
-        probe = best[0] if opts.format == "qdq" else _quantize_once(
-            prepared, work / "probe.onnx", reader, fmt="qdq", per_channel=opts.per_channel, method=method, exclude=[])
+        if opts.format == "qdq":
+            probe = best[0]
+        else:
+            probe_src = prepared if _opset(prepared_model) >= 13 or not opts.per_channel else \
+                _prepare(fp32, True, work, name="probe-prepared")
+            probe = _quantize_once(probe_src, work / "probe.onnx", reader, fmt="qdq",
+                                   per_channel=opts.per_channel, method=method, exclude=[])
         worst = _sensitivity(prepared_model, probe, calib_data[:32])
         k = 1
         while not met(best[1]) and k <= len(worst):

@@ -366,7 +366,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
                 correct += float((logits.argmax(1) == y).sum())
                 seen += len(y)
                 if progress:
-                    progress(epoch, step + 1, steps_per_epoch, float(loss))
+                    progress(epoch, step + 1, steps_per_epoch, float(loss.detach()))
                 if stop_after_steps is not None and global_step >= stop_after_steps:
                     raise KeyboardInterrupt
             if dist is not None:  # one set of BN statistics: rank 0's

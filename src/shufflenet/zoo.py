@@ -1,0 +1,269 @@
+"""``shufflenet zoo build``: every row of the ONNX Model Zoo's ShuffleNet table, from source.
+
+| artifact | network | opset | form |
+|---|---|---|---|
+| shufflenet-3, -6, -7, -8, -9 | Caffe2 V1 | 3, 6, 7, 8, 9 | fp32, BatchNormalization kept (as the originals) |
+| shufflenet-v2-10, -v2-12 | V2 x1.0 | 10, 12 | fp32, BatchNorm folded |
+| shufflenet-v2-12-int8 | V2 x1.0 | 12 | int8 QOperator, per-channel (QLinearConv takes per-channel scales at 12) |
+| shufflenet-v2-12-qdq | V2 x1.0 | 13 | int8 QDQ, per-channel (DequantizeLinear's axis needs 13) |
+
+``--variants all`` adds every V2 width and V1 group/width at the default opset, each with an
+int8 QDQ twin. Each artifact is ``<name>.onnx`` plus ``<name>.tar.gz`` (``<name>/model.onnx`` and
+``test_data_set_0..2``), validated after it is written; a manifest with the zoo hub's keys and a
+README table describe the build. One failed artifact is reported and the others still build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import ShuffleNetError
+from .onnx_export import DEFAULT_OPSET, export_onnx, save_model
+from .quantize import QuantizeOptions, quantize
+from .runtime import Runner
+from .specs import get_spec, list_variants
+from .validate import export_bundle, validate
+from .weights import atomic_write, sha256_file
+
+__all__ = ["ZooError", "Artifact", "plan", "build"]
+
+
+class ZooError(ShuffleNetError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    variant: str
+    opset: int
+    keep_batchnorm: bool = False
+    quant: str | None = None  # "qoperator" | "qdq": quantized from `source`
+    source: str | None = None  # the fp32 artifact it is quantized from
+    zoo_model: str = ""  # the zoo manifest's "model" field
+
+
+ZOO = (
+    *(Artifact(f"shufflenet-{o}", "shufflenet_v1_caffe2", o, keep_batchnorm=True, zoo_model="ShuffleNet-v1")
+      for o in (3, 6, 7, 8, 9)),
+    Artifact("shufflenet-v2-10", "shufflenet_v2_x1_0", 10, zoo_model="ShuffleNet-v2"),
+    Artifact("shufflenet-v2-12", "shufflenet_v2_x1_0", 12, zoo_model="ShuffleNet-v2-fp32"),
+    Artifact("shufflenet-v2-12-int8", "shufflenet_v2_x1_0", 12, quant="qoperator", source="shufflenet-v2-12",
+             zoo_model="ShuffleNet-v2-int8"),
+    Artifact("shufflenet-v2-12-qdq", "shufflenet_v2_x1_0", 12, quant="qdq", source="shufflenet-v2-12",
+             zoo_model="ShuffleNet-v2-qdq"),
+)
+
+
+def plan(variants: str | list[str] = "zoo") -> list[Artifact]:
+    """The artifacts to build: "zoo" (the seed table), "all" (+ every variant), or a list of
+    zoo artifact names (``shufflenet-9``, ``shufflenet-v2-12-int8`` ...) and variant names."""
+    if variants == "zoo":
+        return list(ZOO)
+    zoo = {a.name: a for a in ZOO}
+    names = [v for v in list_variants() if v != "shufflenet_v1_caffe2"] if variants == "all" else list(variants)
+    picked = [zoo[v] for v in names if v in zoo]
+    for a in list(picked):  # a quantized row needs its fp32 source
+        if a.source and zoo[a.source] not in picked:
+            picked.insert(picked.index(a), zoo[a.source])
+    extra = []
+    for v in names:
+        if v in zoo:
+            continue
+        try:
+            get_spec(v)
+        except ShuffleNetError:
+            raise ZooError(f"{v!r} is neither a zoo artifact ({', '.join(zoo)}) nor a variant") from None
+        fp = f"{v}-{DEFAULT_OPSET}"
+        extra += [Artifact(fp, v, DEFAULT_OPSET, zoo_model=v),
+                  Artifact(f"{fp}-qdq", v, DEFAULT_OPSET, quant="qdq", source=fp, zoo_model=f"{v}-qdq")]
+    return (list(ZOO) if variants == "all" else picked) + extra
+
+
+@dataclass
+class Built:
+    artifact: Artifact
+    ok: bool
+    error: str | None = None
+    onnx_path: Path | None = None
+    tar_path: Path | None = None
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def _io_ports(model: onnx.ModelProto) -> dict:
+    def port(v):
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+        return {"name": v.name, "shape": dims, "type": "tensor(float)"}
+
+    inits = {t.name for t in model.graph.initializer}
+    return {"inputs": [port(i) for i in model.graph.input if i.name not in inits],
+            "outputs": [port(o) for o in model.graph.output]}
+
+
+def _synthetic_calibration(folder: Path, count: int, seed: int) -> Path:
+    from .synthetic import synthetic_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(synthetic_images(count, seed=seed)):
+        img.save(folder / f"calib_{i:04d}.jpg", quality=90)
+    return folder
+
+
+def _latency(path: Path, rounds: int = 10, per: int = 10) -> float:
+    runner = Runner(onnx.load(str(path)), threads=1)
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    x = np.zeros((1, 3, dims[2].dim_value, dims[3].dim_value), np.float32)
+    feed = {runner.input_names[0]: x}
+    for _ in range(3):
+        runner.run(feed)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(per):
+            runner.run(feed)
+        times.append((time.perf_counter() - t) / per * 1e3)
+    return statistics.median(times)
+
+
+def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | list[str] = "zoo",
+          calib: str | os.PathLike | None = None, eval_data: str | os.PathLike | None = None,
+          test_data: int = 3, progress=None) -> dict:
+    """Build the artifacts into ``out``; returns the summary (also written as manifest + README)."""
+    from .evaluate import evaluate
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = plan(variants)
+    random = weights == "random" or weights.startswith("random:")
+    built: dict[str, Built] = {}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="shufflenet-zoo-") as tmp:
+        calib_dir = Path(calib) if calib else _synthetic_calibration(Path(tmp) / "calib", 100, seed=1)
+        for k, art in enumerate(items):
+            t0 = time.perf_counter()
+            result = Built(art, False)
+            try:
+                if art.quant is None:
+                    model = export_onnx(art.variant, weights=weights, opset=art.opset,
+                                        keep_batchnorm=art.keep_batchnorm)
+                else:
+                    src = built.get(art.source)
+                    if src is None or not src.ok:
+                        raise ZooError(f"its fp32 source {art.source} was not built")
+                    qpath = Path(tmp) / f"{art.name}.onnx"
+                    report = quantize(src.onnx_path, qpath, calib_dir, options=QuantizeOptions(
+                        format=art.quant, measure_latency=False), eval_data=eval_data)
+                    model = onnx.load(str(qpath))
+                    result.info["quantization"] = report.recipe
+                    result.info["fidelity"] = report.metrics
+                result.onnx_path = save_model(model, out / f"{art.name}.onnx")
+                paths = export_bundle(art.variant, Path(tmp) / "bundles", test_data=test_data, name=art.name,
+                                      tar=True, model=model)
+                result.tar_path = Path(shutil.copyfile(paths["tar"], out / f"{art.name}.tar.gz"))
+                report = validate(result.tar_path)
+                if not report.passed:
+                    raise ZooError(f"validate failed: {report.checker}; "
+                                   + "; ".join(f"{s.name} max abs {s.max_abs_err:.2e}" for s in report.sets if not s.passed))
+                result.info["validate_engine"] = report.engine
+                result.info["io_ports"] = _io_ports(model)
+                result.info["opset"] = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+                if eval_data is not None:
+                    ev = evaluate(str(result.onnx_path), eval_data)
+                    result.info["top1"], result.info["top5"] = ev.top1, ev.top5
+                result.ok = True
+            except (ShuffleNetError, OSError, ValueError, RuntimeError) as e:
+                result.error = " ".join(str(e).split()) or type(e).__name__
+            except Exception as e:  # an unexpected failure of one artifact must not stop the others
+                result.error = f"{type(e).__name__}: {e} ({traceback.format_exc(limit=1).splitlines()[-1]})"
+            result.seconds = time.perf_counter() - t0
+            built[art.name] = result
+            if progress:
+                progress(k + 1, len(items), result)
+    # latency of every built model, interleaved round-robin in this process (batch 1, 1 thread)
+    ok = [b for b in built.values() if b.ok]
+    lat: dict[str, list[float]] = {b.artifact.name: [] for b in ok}
+    for _ in range(3):
+        for b in ok:
+            try:
+                lat[b.artifact.name].append(_latency(b.onnx_path, rounds=3))
+            except ShuffleNetError:
+                pass
+    for b in ok:
+        if lat.get(b.artifact.name):
+            b.info["latency_ms"] = statistics.median(lat[b.artifact.name])
+    summary = _write_manifest_and_readme(out, items, built, weights, random, time.perf_counter() - t_start)
+    return summary
+
+
+def _write_manifest_and_readme(out: Path, items, built: dict[str, Built], weights: str, random: bool,
+                               seconds: float) -> dict:
+    from . import __version__
+
+    entries, rows = [], []
+    for art in items:
+        b = built[art.name]
+        if not b.ok:
+            continue
+        spec = get_spec(art.variant)
+        entry = {
+            "model": art.zoo_model,
+            "model_path": f"{art.name}.onnx",
+            "onnx_version": onnx.__version__,
+            "opset_version": b.info["opset"],
+            "metadata": {
+                "model_sha": sha256_file(b.onnx_path),
+                "model_bytes": b.onnx_path.stat().st_size,
+                "tags": ["vision", "classification", "shufflenet"] + (["int8"] if art.quant else []),
+                "io_ports": b.info["io_ports"],
+                "model_with_data_path": f"{art.name}.tar.gz",
+                "model_with_data_sha": sha256_file(b.tar_path),
+                "model_with_data_bytes": b.tar_path.stat().st_size,
+                "variant": art.variant,
+                "weights": weights,
+                "weights_trained": not random,
+                "batchnorm": "kept" if art.keep_batchnorm else "folded",
+                **({"quantization": b.info["quantization"]} if art.quant else {}),
+            },
+        }
+        entries.append(entry)
+        fid = b.info.get("fidelity", {})
+        rows.append([art.name, art.variant, str(b.info["opset"]), f"{b.onnx_path.stat().st_size / 1e6:.2f}",
+                     f"{spec.num_params / 1e6:.3f}M", f"{spec.macs / 1e6:.0f}M",
+                     "-" if "top1" not in b.info else f"{b.info['top1']:.2f} / {b.info['top5']:.2f}",
+                     "-" if "latency_ms" not in b.info else f"{b.info['latency_ms']:.2f}",
+                     "-" if not fid else f"{fid['top1_agreement']:.1f}%"])
+    manifest = {"generator": f"shufflenet {__version__}", "weights": weights, "weights_trained": not random,
+                "models": entries}
+    atomic_write(out / "manifest.json", lambda t: t.write_text(json.dumps(manifest, indent=1) + "\n"))
+    failed = [(n, b.error) for n, b in built.items() if not b.ok]
+    lines = ["# ShuffleNet models built from source", ""]
+    if random:
+        lines += [f"**Weights: `{weights}` — seeded random, UNTRAINED.** Accuracy figures are meaningless "
+                  "for these files; they exist to exercise export, quantization and validation end to end. "
+                  "Build with `--weights torchvision` (V2; fetched and verified) or a trained run for real models.", ""]
+    else:
+        lines += [f"Weights: `{weights}`.", ""]
+    lines += ["| artifact | variant | opset | MB | params | MACs | top-1 / top-5 | latency ms (b1, 1 thread) | int8 vs fp32 top-1 agreement |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", f"Built in {seconds:.0f} s by shufflenet {__version__}; every artifact passed `shufflenet validate`. "
+              "Latencies: median of interleaved runs in one process on the build machine. Caffe2 V1 rows keep "
+              "BatchNormalization nodes as the originals did; V2 rows fold it into the convolutions. "
+              "shufflenet-v2-12-qdq is opset 13 because per-channel QDQ needs DequantizeLinear's axis."]
+    if failed:
+        lines += ["", "## Failed", ""] + [f"- {n}: {e}" for n, e in failed]
+    atomic_write(out / "README.md", lambda t: t.write_text("\n".join(lines) + "\n"))
+    return {"out": str(out), "built": [n for n, b in built.items() if b.ok], "failed": failed,
+            "seconds": seconds, "manifest": str(out / "manifest.json"), "readme": str(out / "README.md")}
