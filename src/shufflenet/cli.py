@@ -605,10 +605,103 @@ def _add_zoo(sub) -> None:
     b.set_defaults(handler=_cmd_zoo)
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, bench_images
+
+    if args.images:
+        if len(args.models) != 1:
+            raise _usage("--images measures one model end to end")
+        res = bench_images(args.models[0], args.images, batch=args.batch[0] if args.batch != (1,) else 8,
+                           workers=args.workers, threads=args.threads[0], limit=args.limit)
+        if args.json:
+            _print_json({k: v for k, v in res.items() if k not in ("predictions", "files")})
+            return 0
+        st = res["stage_seconds"]
+        total = sum(st.values())
+        print(f"{res['images']} images in {res['seconds']:.2f} s: {res['images_per_s']:.1f} images/s "
+              f"(batch {res['batch']}, {res['workers']} decode workers, {res['threads']} inference threads)")
+        print("time by stage (summed over workers): " + ", ".join(
+            f"{k} {v:.2f} s ({v / total:.0%})" for k, v in st.items()))
+        return 0
+    bar = _Bar("bench", args.quiet or args.json)
+    result = bench(args.models, batches=args.batch, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                   backend=args.backend, precision=args.precision, ort_defaults=args.ort_defaults, progress=bar)
+    bar.close()
+    rows = result["rows"]
+    if args.plot:
+        from .plotting import line_panel, save_panels
+
+        panels = []
+        for t in args.threads:
+            for b in args.batch:
+                sel = [r for r in rows if r.threads == t and r.batch == b]
+                panels.append(line_panel({Path_name(r.model): sorted(r.samples_ms) for r in sel},
+                                         title=f"latency ms, sorted runs (threads {t}, batch {b})", xlabel="run"))
+        save_panels(panels, args.plot)
+    if args.json:
+        _print_json({"env": result["env"], "rows": [r.to_dict() for r in rows]})
+        return 0
+    env = result["env"]
+    print(f"{env['cpu']}, {env['cores']} cores, onnxruntime {env['onnxruntime']}, session: {env['ort_session']}")
+    table = [[Path_name(r.model), r.backend + ("" if r.backend == "onnxruntime" else f" {r.precision}"),
+              str(r.threads), str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+              f"{r.images_per_s:.0f}", f"{r.load_ms:.0f}", f"{r.rss_added_mb:.0f}"] for r in rows]
+    _print_table(table, ["model", "backend", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
+                         "load ms", "+RSS MB"], right={2, 3, 4, 5, 6, 7, 8, 9})
+    base = [r for r in rows if r.threads == rows[0].threads and r.batch == rows[0].batch]
+    if len(base) > 1:
+        print("ratios (p50, first config): " + ", ".join(
+            f"{Path_name(r.model)} {base[0].p50_ms / r.p50_ms:.2f}x" for r in base[1:]) + f" vs {Path_name(base[0].model)}")
+    print(f"{rows[0].runs} interleaved runs per model and config after warm-up; peak RSS {env['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+def Path_name(model: str) -> str:
+    from pathlib import Path
+
+    return Path(model).name if "/" in model else model
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency/throughput of models, interleaved in one process",
+                       description="Loads every model, warms up, then times them in turn (A B A B ...) so "
+                                   "ratios hold on a noisy machine. With --images: decode + preprocess + "
+                                   "inference end to end for one model.")
+    p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
+    p.add_argument("--batch", type=_int_list, default=(1,), help="comma list, e.g. 1,8")
+    p.add_argument("--threads", type=_int_list, default=(1,), help="comma list, e.g. 1,2")
+    p.add_argument("--runs", type=_positive_int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--precision", choices=["f32", "bf16"],
+                   help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
+    p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
+    p.add_argument("--images", help="measure end to end over this image folder")
+    p.add_argument("--workers", type=_positive_int, default=2, help="decode threads for --images")
+    p.add_argument("--limit", type=_positive_int, help="at most N images for --images")
+    p.add_argument("--plot", help="PNG of the sorted latencies per configuration")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_bench)
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch,
-               _add_demo_data, _add_train, _add_quantize, _add_zoo]
+               _add_demo_data, _add_train, _add_quantize, _add_zoo, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

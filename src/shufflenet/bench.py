@@ -1,0 +1,226 @@
+"""Honest latency and throughput: several models in one process, interleaved run by run.
+
+On a shared, noisy machine an absolute time proves little; a ratio measured A B A B ... in one
+process holds (see the project's measuring notes). Every (threads, batch) configuration loads all
+models, warms each up, then times one run of each model in turn, ``runs`` times. Reported: p50 /
+p90 / p99 latency, images/s, session load time, the resident memory each model added, and the
+process's peak RSS. ``--images`` measures decode + preprocess + inference end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import ShuffleNetError
+from .runtime import IMAGE_SUFFIXES, _model_info, resolve_model
+
+__all__ = ["BenchError", "BenchRow", "bench", "bench_images", "ort_session"]
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
+class BenchError(ShuffleNetError, ValueError):
+    pass
+
+
+def _rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def ort_session(model: onnx.ModelProto, threads: int | None, *, defaults: bool = False):
+    """An ORT session: ``defaults`` = what a user gets with no options (the zoo recipe), else
+    pinned threads, all graph optimisations, sequential execution."""
+    import onnxruntime as ort
+
+    from .onnx_legacy import upgrade_to_opset7
+
+    opts = ort.SessionOptions()
+    if not defaults:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+    elif threads:
+        opts.intra_op_num_threads = threads  # the thread count is a benchmark axis, pinned in both
+    return ort.InferenceSession(upgrade_to_opset7(model).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+class _Runner:
+    def __init__(self, model: onnx.ModelProto, backend: str, threads: int, precision: str | None,
+                 ort_defaults: bool) -> None:
+        self.backend = backend
+        self.input = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
+        self.precision = "f32"
+        if backend == "onnxruntime":
+            self.sess = ort_session(model, threads, defaults=ort_defaults)
+            self.run = lambda x: self.sess.run(None, {self.input: x})
+        else:
+            try:
+                import openvino as ov
+            except ImportError:
+                raise BenchError("the openvino backend needs the extra: pip install 'shufflenet[openvino]'") from None
+            core = ov.Core()
+            config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+            if precision:  # OpenVINO's own default on AVX512-BF16 CPUs is bf16: always say which ran
+                config["INFERENCE_PRECISION_HINT"] = precision
+            compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", config)
+            hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+            self.precision = getattr(hint, "to_string", lambda: str(hint))()
+            request = compiled.create_infer_request()
+            self.run = lambda x: request.infer({0: x})
+
+
+@dataclass
+class BenchRow:
+    model: str
+    backend: str
+    precision: str
+    threads: int
+    batch: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    load_ms: float
+    rss_added_mb: float
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self, *, samples: bool = False) -> dict:
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        return d
+
+
+def _input_shape(model: onnx.ModelProto, batch: int) -> tuple[int, ...]:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
+    if fixed and fixed != batch:
+        raise BenchError(f"{model.graph.name}: fixed batch {fixed}, cannot run batch {batch}")
+    return (batch, *[d.dim_value for d in dims[1:]])
+
+
+def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[int, ...] = (1,),
+          runs: int = 200, warmup: int = 20, backend: str = "onnxruntime", precision: str | None = None,
+          ort_defaults: bool = False, progress=None) -> dict:
+    """Benchmark ``models`` (paths or names, see Classifier) in every (threads, batch) config."""
+    if backend not in BACKENDS:
+        raise BenchError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if runs < 1 or warmup < 0:
+        raise BenchError("runs must be positive and warmup non-negative")
+    protos = [(m, resolve_model(m)[0]) for m in models]
+    rows: list[BenchRow] = []
+    rng = np.random.default_rng(0)
+    for t in threads:
+        for b in batches:
+            runners = []
+            for name, proto in protos:
+                before = _rss_mb()
+                t0 = time.perf_counter()
+                r = _Runner(proto, backend, t, precision, ort_defaults)
+                load = (time.perf_counter() - t0) * 1e3
+                x = rng.standard_normal(_input_shape(proto, b)).astype(np.float32)
+                for _ in range(max(warmup, 1)):
+                    r.run(x)
+                runners.append((name, r, x, load, _rss_mb() - before, []))
+            for k in range(runs):  # interleaved: one run of each model in turn
+                for name, r, x, _, _, samples in runners:
+                    s = time.perf_counter()
+                    r.run(x)
+                    samples.append((time.perf_counter() - s) * 1e3)
+                if progress:
+                    progress(k + 1, runs)
+            for name, r, x, load, rss, samples in runners:
+                q = np.percentile(samples, [50, 90, 99])
+                rows.append(BenchRow(str(name), backend, r.precision, t, b, runs, float(q[0]), float(q[1]),
+                                     float(q[2]), statistics.fmean(samples), b / (q[0] / 1e3), load, rss, samples))
+    import onnxruntime
+
+    env = {"onnxruntime": onnxruntime.__version__, "cpu": _cpu_name(), "cores": os.cpu_count(),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "ort_session": "defaults" if ort_defaults else "ORT_ENABLE_ALL, sequential, pinned threads",
+           "date": time.strftime("%Y-%m-%d")}
+    return {"rows": rows, "env": env}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def bench_images(model: str, images: str | os.PathLike, *, batch: int = 8, workers: int = 2,
+                 threads: int | None = None, limit: int | None = None, repeat: int = 2) -> dict:
+    """End to end over an image folder: decode + preprocess on ``workers`` threads, overlapped
+    with batched inference. Reports images/s and where the time goes (summed stage times)."""
+    from .preprocess import load_image, preprocess_pil
+
+    proto, _ = resolve_model(model)
+    recipe, _, _ = _model_info(proto)
+    files = sorted(p for p in Path(images).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise BenchError(f"{images}: no images")
+    sess = ort_session(proto, threads)
+    name = sess.get_inputs()[0].name
+    draft = 2 * recipe.resize
+    stage = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
+
+    def load(p):
+        t0 = time.perf_counter()
+        img = load_image(p, draft_size=draft)
+        t1 = time.perf_counter()
+        x = preprocess_pil(img, recipe)
+        t2 = time.perf_counter()
+        return x, t1 - t0, t2 - t1
+
+    best = None
+    for _ in range(repeat):
+        stage = dict.fromkeys(stage, 0.0)
+        preds = []
+        t_start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            chunks = [files[i:i + batch] for i in range(0, len(files), batch)]
+            pending = pool.map(load, chunks[0])
+            for k in range(len(chunks)):
+                loaded = list(pending)
+                if k + 1 < len(chunks):
+                    pending = pool.map(load, chunks[k + 1])
+                for _, d, p in loaded:
+                    stage["decode"] += d
+                    stage["preprocess"] += p
+                t0 = time.perf_counter()
+                out = sess.run(None, {name: np.concatenate([x for x, _, _ in loaded])})[0]
+                stage["inference"] += time.perf_counter() - t0
+                preds += out.argmax(1).tolist()
+        wall = time.perf_counter() - t_start
+        if best is None or wall < best[0]:
+            best = (wall, dict(stage), preds)
+    wall, stage, preds = best
+    return {"images": len(files), "seconds": wall, "images_per_s": len(files) / wall, "batch": batch,
+            "workers": workers, "threads": threads, "stage_seconds": stage, "predictions": preds,
+            "files": [str(f) for f in files]}
