@@ -36,6 +36,7 @@ from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
 FORMATS = ("qdq", "qoperator")
+MAX_FP32_FRACTION = 0.1  # the tuning loop keeps at most this share of activations in fp32
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -427,8 +428,10 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             probe = _quantize_once(probe_src, work / "probe.onnx", reader, fmt="qdq",
                                    per_channel=opts.per_channel, method=method, exclude=[])
         worst = _sensitivity(prepared_model, probe, calib_data[:32])
-        k = 1
-        while not met(best[1]) and k <= len(worst):
+        # keeping more than MAX_FP32_FRACTION of the tensors in fp32 would not be an int8 model
+        # any more: past that, report the criterion as not met instead
+        k, cap = 1, max(1, int(len(worst) * MAX_FP32_FRACTION))
+        while not met(best[1]) and k <= cap:
             exclude = sorted({n for t, _ in worst[:k] for n in _nodes_touching(prepared_model, t)})
             q, m = attempt(method, exclude)
             if shortfall(m) < shortfall(best[1]):
