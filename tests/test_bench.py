@@ -1,0 +1,49 @@
+"""`bench` runs and reports what it should (never asserting a time)."""
+
+import json
+
+import pytest
+
+from shufflenet.bench import BenchError, bench, bench_images
+from shufflenet.cli import main
+from shufflenet.onnx_export import export_onnx, save_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    return [str(save_model(export_onnx("shufflenet_v2_x0_5", opset=o), d / f"m{o}.onnx")) for o in (9, 17)]
+
+
+def test_interleaved_rows_per_model_and_config(models):
+    result = bench(models, batches=(1, 2), threads=(1,), runs=5, warmup=1)
+    rows = result["rows"]
+    assert [(r.model, r.batch) for r in rows] == [(models[0], 1), (models[1], 1), (models[0], 2), (models[1], 2)]
+    for r in rows:
+        assert len(r.samples_ms) == 5 and r.p50_ms <= r.p90_ms <= r.p99_ms and r.images_per_s > 0
+        assert r.load_ms > 0
+    assert result["env"]["peak_rss_mb"] > 0 and result["env"]["onnxruntime"]
+    with pytest.raises(BenchError, match="backend"):
+        bench(models, backend="tvm")
+
+
+def test_cli_json_and_plot(models, tmp_path, capsys):
+    assert main(["bench", *models, "--runs", "3", "--warmup", "1", "--json", "--plot", str(tmp_path / "p.png")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 2 and (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_end_to_end_images(models, tmp_path):
+    from shufflenet.synthetic import synthetic_images
+
+    for i, img in enumerate(synthetic_images(6, seed=2)):
+        img.save(tmp_path / f"{i}.jpg")
+    res = bench_images(models[1], tmp_path, batch=4, workers=2, repeat=1)
+    assert res["images"] == 6 and len(res["predictions"]) == 6 and res["images_per_s"] > 0
+    assert set(res["stage_seconds"]) == {"decode", "preprocess", "inference"}
+
+
+def test_openvino_backend_when_installed(models):
+    pytest.importorskip("openvino")
+    rows = bench(models[1:], runs=2, warmup=1, backend="openvino", precision="f32")["rows"]
+    assert rows[0].precision == "f32"
