@@ -1,12 +1,9 @@
 """The Classifier, `classify` and `evaluate` on generated images of every mode."""
 
-import io
 import json
 import threading
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from shufflenet.cli import main
 from shufflenet.evaluate import discover, evaluate

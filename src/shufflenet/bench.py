@@ -125,7 +125,8 @@ def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[
         raise BenchError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if runs < 1 or warmup < 0:
         raise BenchError("runs must be positive and warmup non-negative")
-    protos = [(m, resolve_model(m)[0]) for m in models]
+    protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
+              for m in models]
     rows: list[BenchRow] = []
     rng = np.random.default_rng(0)
     for t in threads:

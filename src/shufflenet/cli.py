@@ -187,7 +187,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         rows.append([s.name, "ok" if s.passed else "FAIL", f"{s.max_abs_err:.2e}", f"{s.max_rel_err:.2e}",
                      top1, where])
     _print_table(rows, ["test set", "result", "max abs", "max rel", "top-1", "worst mismatch"])
-    print("PASSED" if report.passed else "FAILED", f"(rtol 1e-3, atol 1e-5)")
+    print("PASSED" if report.passed else "FAILED", "(rtol 1e-3, atol 1e-5)")
     return 0 if report.passed else 1
 
 
@@ -292,7 +292,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         c = report.compare
         print(f"compared with  {c['model']}")
         print(f"  top-1 agreement {c['top1_agreement']:.2f}%   top-5 overlap {c['top5_overlap']:.2f}%   "
-              f"logit cosine {c['mean_logit_cosine']:.4f}   max abs diff {c['max_abs_diff']:.3g}")
+              f"logit cosine {c['logit_cosine']:.4f}   max abs diff {c['max_abs_diff']:.3g}")
     if report.skipped:
         print(f"skipped        {len(report.skipped)}")
         for path, why in report.skipped:

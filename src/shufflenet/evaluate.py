@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import ShuffleNetError
 from .labels import wnid_index
-from .runtime import IMAGE_SUFFIXES, Classifier, run_files
+from .runtime import IMAGE_SUFFIXES, Classifier, agreement, run_files
 
 __all__ = ["DatasetError", "Sample", "discover", "evaluate", "EvalReport"]
 
@@ -109,11 +109,6 @@ class EvalReport:
         return {**asdict(self), "top1_error": self.top1_error, "top5_error": self.top5_error}
 
 
-def _scores(raw: np.ndarray, kind: str) -> np.ndarray:
-    """Logit-like scores for comparisons: log-probabilities for softmax models."""
-    return np.log(np.maximum(raw, 1e-30)) if kind == "probabilities" else raw
-
-
 def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=None,
              batch_size: int = 32, threads: int | None = None, resize: str | None = None,
              exact: bool = False, progress=None) -> EvalReport:
@@ -162,15 +157,5 @@ def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
             raise DatasetError(f"{r.path}: readable for one model, not the other ({r.error})")
         rows.append(r.outputs)
     raw_b = np.stack(rows)
-    a, b = _scores(raw_a.astype(np.float64), clf.output_kind), _scores(raw_b.astype(np.float64), other_clf.output_kind)
-    k = min(5, a.shape[1])
-    top5a, top5b = np.argsort(-a, 1)[:, :k], np.argsort(-b, 1)[:, :k]
-    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return {
-        "model": other_clf.source,
-        "images": len(a),
-        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
-        "top5_overlap": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top5a, top5b)]) * 100),
-        "mean_logit_cosine": float(cos.mean()),
-        "max_abs_diff": float(np.abs(raw_a.astype(np.float64) - raw_b.astype(np.float64)).max()),
-    }
+    return {"model": other_clf.source, "images": len(raw_a),
+            **agreement(raw_a, raw_b, clf.output_kind, other_clf.output_kind)}

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +29,8 @@ import numpy as np
 import onnx
 
 from .errors import CheckFailedError, ShuffleNetError
-from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info
+from .onnx_legacy import model_opset
+from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
@@ -66,8 +65,6 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
 
 
 # --------------------------------------------------------------------------- data
@@ -129,7 +126,7 @@ def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path, name: str = 
 
     from .onnx_legacy import upgrade_to_opset7
 
-    if per_channel and _opset(model) < 13:
+    if per_channel and model_opset(model) < 13:
         from onnx import version_converter
 
         try:
@@ -137,7 +134,7 @@ def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path, name: str = 
             onnx.checker.check_model(model, full_check=True)
         except Exception as e:
             raise QuantizeError(f"per-channel int8 needs opset >= 13 (DequantizeLinear axis) and this "
-                                f"opset-{_opset(model)} model could not be upgraded ({e}); re-export it "
+                                f"opset-{model_opset(model)} model could not be upgraded ({e}); re-export it "
                                 "with --opset 13 or use --per-tensor") from None
     src, dst = work / f"{name}-fp32.onnx", work / f"{name}.onnx"
     onnx.save(model, str(src))
@@ -199,19 +196,10 @@ def _outputs(model: onnx.ModelProto, data: np.ndarray, batch: int | None) -> np.
 
 
 def _compare(ref: np.ndarray, got: np.ndarray, kind: str, labels: np.ndarray | None) -> dict:
-    def scores(x):
-        return np.log(np.maximum(x, 1e-30)) if kind == "probabilities" else x
-
-    a, b = scores(ref), scores(got)
-    k = min(5, a.shape[1])
-    t5a, t5b = np.argsort(-a, 1)[:, :k], np.argsort(-b, 1)[:, :k]
-    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    out = {"top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
-           "top5_overlap": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(t5a, t5b)]) * 100),
-           "logit_cosine": float(cos.mean())}
+    out = agreement(ref, got, kind, kind)
     if labels is not None:
-        out["fp32_accuracy"] = float(np.mean(a.argmax(1) == labels) * 100)
-        out["int8_accuracy"] = float(np.mean(b.argmax(1) == labels) * 100)
+        out["fp32_accuracy"] = float(np.mean(ref.argmax(1) == labels) * 100)
+        out["int8_accuracy"] = float(np.mean(got.argmax(1) == labels) * 100)
     return out
 
 
@@ -309,22 +297,12 @@ class QuantReport:
         return asdict(self)
 
 
-def _latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, x: np.ndarray, rounds: int = 15, per: int = 10) -> dict:
-    """Batch-1, one-thread medians, fp32 and int8 interleaved in this process."""
-    runners = {"fp32": Runner(fp32, threads=1), "int8": Runner(int8, threads=1)}
-    feeds = {k: {r.input_names[0]: x} for k, r in runners.items()}
-    for k, r in runners.items():  # warm-up
-        for _ in range(5):
-            r.run(feeds[k])
-    times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, r in runners.items():
-            t = time.perf_counter()
-            for _ in range(per):
-                r.run(feeds[k])
-            times[k].append((time.perf_counter() - t) / per * 1e3)
-    fp, q = statistics.median(times["fp32"]), statistics.median(times["int8"])
-    return {"fp32_ms": fp, "int8_ms": q, "speedup": fp / q, "runs": rounds * per, "threads": 1}
+def _latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, runs: int = 150) -> dict:
+    """Batch-1, one-thread p50 of fp32 and int8, interleaved in this process."""
+    from .bench import bench
+
+    fp, q = (r.p50_ms for r in bench([fp32, int8], runs=runs, warmup=10)["rows"])
+    return {"fp32_ms": fp, "int8_ms": q, "speedup": fp / q, "runs": runs, "threads": 1}
 
 
 def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: str | os.PathLike, *,
@@ -379,7 +357,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         # per-channel QDQ needs DequantizeLinear's axis (opset 13); QOperator's QLinearConv takes
         # per-channel scales from opset 10, so it keeps the model's opset when ORT writes a valid model
         prepared = _prepare(fp32, opts.per_channel and opts.format == "qdq", work)
-        if opts.per_channel and opts.format == "qoperator" and _opset(fp32) < 13:
+        if opts.per_channel and opts.format == "qoperator" and model_opset(fp32) < 13:
             try:
                 _quantize_once(prepared, work / "probe-opset.onnx", reader, fmt="qoperator", per_channel=True,
                                method=opts.calib_method, exclude=[])
@@ -423,7 +401,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         if opts.format == "qdq":
             probe = best[0]
         else:
-            probe_src = prepared if _opset(prepared_model) >= 13 or not opts.per_channel else \
+            probe_src = prepared if model_opset(prepared_model) >= 13 or not opts.per_channel else \
                 _prepare(fp32, True, work, name="probe-prepared")
             probe = _quantize_once(probe_src, work / "probe.onnx", reader, fmt="qdq",
                                    per_channel=opts.per_channel, method=method, exclude=[])
@@ -443,7 +421,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             "format": opts.format, "per_channel": opts.per_channel, "activation_type": "uint8",
             "weight_type": "int8", "reduce_range": not cpu_has_vnni(), "calib_method": method,
             "calib_images": len(calib_data), "calib_seed": opts.seed, "excluded_nodes": final_exclude,
-            "opset": _opset(best_q), "tool": f"onnxruntime {__import__('onnxruntime').__version__} quantize_static",
+            "opset": model_opset(best_q), "tool": f"onnxruntime {__import__('onnxruntime').__version__} quantize_static",
         }
         criterion = None
         if opts.max_loss is not None or opts.min_agreement is not None:
@@ -462,7 +440,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         Runner(best_q)
         atomic_write(output, lambda t: t.write_bytes(best_q.SerializeToString()))
 
-    latency = _latency(fp32, best_q, eval_x[:1]) if opts.measure_latency and batch in (None, 1) else None
+    latency = _latency(fp32, best_q) if opts.measure_latency and batch in (None, 1) else None
     plot_path = None
     if plot is not None and worst:
         from .plotting import bar_panel, save_panels

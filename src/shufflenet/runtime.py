@@ -18,7 +18,7 @@ import onnx
 from .errors import ShuffleNetError
 from .onnx_legacy import LegacyUpgradeError, model_opset, upgrade_to_opset7
 
-__all__ = ["RuntimeError_", "Runner", "open_runner", "Classifier", "Prediction", "resolve_model"]
+__all__ = ["RuntimeError_", "Runner", "open_runner", "Classifier", "Prediction", "resolve_model", "agreement"]
 
 
 class RuntimeError_(ShuffleNetError, RuntimeError):
@@ -238,6 +238,26 @@ class Classifier:
         batch = np.concatenate([x if isinstance(x, np.ndarray) else self.preprocess(x) for x in items])
         result = self.top(self.probabilities(batch), top)
         return result[0] if single else result
+
+
+def agreement(a_raw: np.ndarray, b_raw: np.ndarray, kind_a: str = "logits", kind_b: str = "logits") -> dict:
+    """How far two models' raw outputs on the same images agree: top-1 agreement and top-5
+    overlap (percent), mean cosine of the logits (log-probabilities for softmax models), and the
+    largest absolute difference of the raw outputs."""
+    def scores(x, kind):
+        x = x.astype(np.float64)
+        return np.log(np.maximum(x, 1e-30)) if kind == "probabilities" else x
+
+    a, b = scores(a_raw, kind_a), scores(b_raw, kind_b)
+    k = min(5, a.shape[1])
+    top_a, top_b = np.argsort(-a, 1)[:, :k], np.argsort(-b, 1)[:, :k]
+    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return {
+        "top1_agreement": float(np.mean(a.argmax(1) == b.argmax(1)) * 100),
+        "top5_overlap": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]) * 100),
+        "logit_cosine": float(cos.mean()),
+        "max_abs_diff": float(np.abs(a_raw.astype(np.float64) - b_raw.astype(np.float64)).max()),
+    }
 
 
 # --------------------------------------------------------------------------- files in, answers out

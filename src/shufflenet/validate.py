@@ -18,6 +18,7 @@ import onnx
 from .bundle import BundleError, find_test_sets, load_model_checked, pack_tar, safe_extract, write_bundle
 from .onnx_export import export_onnx
 from .preprocess import preprocess_pil
+from .onnx_legacy import model_opset
 from .runtime import Runner
 from .specs import get_spec
 from .synthetic import synthetic_images
@@ -111,7 +112,7 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
             checker = "passed"
         except Exception as e:  # onnx raises ValidationError / InferenceError
             checker = f"failed: {str(e).strip().splitlines()[0]}"
-        report = ValidationReport(str(path), model.graph.name, _opset(model), checker, "")
+        report = ValidationReport(str(path), model.graph.name, model_opset(model), checker, "")
         runner = Runner(model, threads=threads)
         report.engine = runner.engine
         for ts in sets:
@@ -126,8 +127,6 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
         return report
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
 
 
 def test_inputs(variant: str, count: int, *, batch: int | None = None, seed: int = 0,
@@ -152,7 +151,7 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
         model = export_onnx(variant, **export_kwargs)
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     fixed = dim0.dim_value if dim0.HasField("dim_value") else None
-    name = name or f"{variant}-{_opset(model)}"
+    name = name or f"{variant}-{model_opset(model)}"
     from .runtime import _model_info
 
     runner = Runner(model)
@@ -220,7 +219,7 @@ def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, ta
     return {
         **{k: str(v) for k, v in paths.items()},
         "variant": variant,
-        "opset": _opset(model),
+        "opset": model_opset(model),
         "input": model.graph.input[0].name,
         "output": model.graph.output[0].name,
         "nodes": len(model.graph.node),

@@ -18,20 +18,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from .errors import ShuffleNetError
 from .onnx_export import DEFAULT_OPSET, export_onnx, save_model
 from .quantize import QuantizeOptions, quantize
-from .runtime import Runner
 from .specs import get_spec, list_variants
 from .validate import export_bundle, validate
 from .weights import atomic_write, sha256_file
@@ -121,22 +118,6 @@ def _synthetic_calibration(folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
-def _latency(path: Path, rounds: int = 10, per: int = 10) -> float:
-    runner = Runner(onnx.load(str(path)), threads=1)
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    x = np.zeros((1, 3, dims[2].dim_value, dims[3].dim_value), np.float32)
-    feed = {runner.input_names[0]: x}
-    for _ in range(3):
-        runner.run(feed)
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per):
-            runner.run(feed)
-        times.append((time.perf_counter() - t) / per * 1e3)
-    return statistics.median(times)
-
-
 def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | list[str] = "zoo",
           calib: str | os.PathLike | None = None, eval_data: str | os.PathLike | None = None,
           test_data: int = 3, progress=None) -> dict:
@@ -191,18 +172,14 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
             built[art.name] = result
             if progress:
                 progress(k + 1, len(items), result)
-    # latency of every built model, interleaved round-robin in this process (batch 1, 1 thread)
+    # latency of every built model, interleaved in this process (batch 1, 1 thread)
     ok = [b for b in built.values() if b.ok]
-    lat: dict[str, list[float]] = {b.artifact.name: [] for b in ok}
-    for _ in range(3):
-        for b in ok:
-            try:
-                lat[b.artifact.name].append(_latency(b.onnx_path, rounds=3))
-            except ShuffleNetError:
-                pass
-    for b in ok:
-        if lat.get(b.artifact.name):
-            b.info["latency_ms"] = statistics.median(lat[b.artifact.name])
+    if ok:
+        from .bench import bench
+
+        rows = bench([str(b.onnx_path) for b in ok], runs=30, warmup=5)["rows"]
+        for b, row in zip(ok, rows):
+            b.info["latency_ms"] = row.p50_ms
     summary = _write_manifest_and_readme(out, items, built, weights, random, time.perf_counter() - t_start)
     return summary
 
