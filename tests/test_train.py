@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -94,16 +93,12 @@ def test_bad_requests_are_clear_errors(tiny, tmp_path, capsys):
     assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r2"), "--variant", "nope"]) == 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_end_with_identical_weights(tiny, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "shufflenet", "train", "--data", str(tiny), "-o",
+    # --standalone: torchrun picks its own free port (no race with a port chosen here); gloo on
+    # the loopback interface, which exists in every sandbox
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "shufflenet", "train", "--data", str(tiny), "-o",
            str(tmp_path / "ddp"), "--epochs", "2", "--batch-size", "4", "--img-size", "32", "--threads", "1", "--quiet"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
