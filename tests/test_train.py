@@ -82,6 +82,12 @@ def test_resume_after_interruption_gives_identical_weights(tiny, tmp_path):
     assert [h["val_acc"] for h in full.history] == [h["val_acc"] for h in resumed.history]
 
 
+def test_bf16_autocast_and_workers_run(tiny, tmp_path):
+    result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "amp"), epochs=1, batch_size=8, img_size=32,
+                               threads=1, amp="bf16", workers=1))
+    assert result.epochs_done == 1 and result.history[0]["train_loss"] == result.history[0]["train_loss"]  # not NaN
+
+
 def test_bad_requests_are_clear_errors(tiny, tmp_path, capsys):
     with pytest.raises(TrainError, match="not a folder"):
         train(TrainConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "r")))

@@ -49,10 +49,19 @@ def _frame(title: str, ylabel: str, lo: float, hi: float) -> tuple[Image.Image, 
     return img, d, y_of
 
 
-def line_panel(series: dict[str, list[float]], *, title: str, xlabel: str = "epoch") -> Image.Image:
-    """One chart: each named series against 1..n."""
+def line_panel(series: dict[str, list[float]], *, title: str, xlabel: str = "epoch",
+               robust: bool = False) -> Image.Image:
+    """One chart: each named series against 1..n. ``robust`` caps the axis at 3x the median so
+    one early spike (an unstable first epoch) does not flatten the rest; capped points sit on
+    the top edge."""
     values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if robust and values:
+        med = sorted(values)[len(values) // 2]
+        if med > 0 and hi > 3 * med:
+            hi = 3 * med
+            title += f" (axis capped at {hi:.3g})"
+            series = {k: [None if v is None else min(v, hi) for v in s] for k, s in series.items()}
     img, d, y_of = _frame(title, xlabel, lo, hi)
     n = max((len(s) for s in series.values()), default=1)
 

@@ -464,7 +464,7 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
     atomic_write(out / "metrics.json", lambda t: t.write_text(json.dumps(history, indent=2) + "\n"))
     panels = [
         line_panel({"train loss": [h["train_loss"] for h in history],
-                    "val loss": [h["val_loss"] for h in history]}, title="loss"),
+                    "val loss": [h["val_loss"] for h in history]}, title="loss", robust=True),
         line_panel({"train acc %": [h["train_acc"] for h in history],
                     "val acc %": [h["val_acc"] for h in history]}, title="accuracy (%)"),
     ]
