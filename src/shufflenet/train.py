@@ -216,14 +216,16 @@ class TrainResult:
 
 
 def _dist():
+    """(torch.distributed or None, rank, world size, whether we created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return None, 0, 1
+        return None, 0, 1, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("gloo")
-    return dist, dist.get_rank(), world
+    return dist, dist.get_rank(), world, owned
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None = None,
@@ -238,7 +240,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
 
     from .torch_models import ShuffleNet
 
-    dist, rank, world = _dist()
+    dist, rank, world, owned_group = _dist()
     out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -396,6 +398,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         ddp_info = {"world_size": world, "identical_weights": len(set(digests)) == 1, "digests": digests}
         if not ddp_info["identical_weights"]:
             raise TrainError(f"ranks ended with different weights: {digests}")
+    if dist is not None and owned_group:
+        dist.barrier()
+        dist.destroy_process_group()  # exiting with gloo's threads alive can abort (SIGABRT) the ranks
     result = TrainResult(out, best, history[-1]["val_acc"] if history else None, len(history), interrupted,
                          time.perf_counter() - t0, history, ddp_info)
     if rank == 0 and not interrupted:
