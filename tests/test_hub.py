@@ -183,3 +183,20 @@ def test_a_path_never_touches_the_network(tmp_path, monkeypatch):
 def test_unknown_artifact_lists_known_ones():
     with pytest.raises(hub.HubError, match="shufflenet-v2-12"):
         hub.find_artifact("shufflenet-v2-99")
+
+
+def test_cli_fetch_list_and_fetch(server, cache, monkeypatch, capsys):
+    import json
+
+    from shufflenet import specs
+    from shufflenet.cli import main
+
+    art = _artifact(server.url)
+    monkeypatch.setattr(specs, "artifacts", lambda: (art,))
+    monkeypatch.setattr(hub, "artifacts", lambda: (art,))
+    assert main(["fetch", "--list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["artifacts"][0]["cached"] is False
+    assert main(["fetch", "test-file", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["test-file"].endswith("f.bin")
+    assert main(["fetch", "nope"]) == 2

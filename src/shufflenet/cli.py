@@ -322,6 +322,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     from .specs import artifacts
 
     if args.list:
+        if args.json:
+            _print_json({"cache": str(cache_dir()), "artifacts": [
+                {**{k: v for k, v in a.__dict__.items()}, "path": str(artifact_path(a)),
+                 "cached": artifact_path(a).is_file()} for a in artifacts()]})
+            return 0
         rows = [[a.name, a.kind, a.variant, f"{a.size:,}" if a.size else "-",
                  "cached" if artifact_path(a).is_file() else "-"] for a in artifacts()]
         _print_table(rows, ["artifact", "kind", "variant", "bytes", "status"])
@@ -329,12 +334,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         return 0
     if not args.names:
         raise _usage("give an artifact name (see `shufflenet fetch --list`)")
+    paths = {}
     for name in args.names:
         a = find_artifact(name)
-        bar = _Bar(name, args.quiet)
-        path = fetch(a, progress=bar, force=args.force)
+        bar = _Bar(name, args.quiet or args.json)
+        paths[name] = str(fetch(a, progress=bar, force=args.force))
         bar.close()
-        print(path)
+        if not args.json:
+            print(paths[name])
+    if args.json:
+        _print_json(paths)
     return 0
 
 
@@ -352,6 +361,7 @@ def _add_fetch(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the known artifacts and what is cached")
     p.add_argument("--force", action="store_true", help="download again even when cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_fetch)
 
 
@@ -648,7 +658,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for t in args.threads:
             for b in args.batch:
                 sel = [r for r in rows if r.threads == t and r.batch == b]
-                panels.append(line_panel({Path_name(r.model): sorted(r.samples_ms) for r in sel},
+                panels.append(line_panel({_short_name(r.model): sorted(r.samples_ms) for r in sel},
                                          title=f"latency ms, sorted runs (threads {t}, batch {b})", xlabel="run"))
         save_panels(panels, args.plot)
     if args.json:
@@ -656,7 +666,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     env = result["env"]
     print(f"{env['cpu']}, {env['cores']} cores, onnxruntime {env['onnxruntime']}, session: {env['ort_session']}")
-    table = [[Path_name(r.model), r.backend + ("" if r.backend == "onnxruntime" else f" {r.precision}"),
+    table = [[_short_name(r.model), r.backend + ("" if r.backend == "onnxruntime" else f" {r.precision}"),
               str(r.threads), str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
               f"{r.images_per_s:.0f}", f"{r.load_ms:.0f}", f"{r.rss_added_mb:.0f}"] for r in rows]
     _print_table(table, ["model", "backend", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
@@ -664,12 +674,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     base = [r for r in rows if r.threads == rows[0].threads and r.batch == rows[0].batch]
     if len(base) > 1:
         print("ratios (p50, first config): " + ", ".join(
-            f"{Path_name(r.model)} {base[0].p50_ms / r.p50_ms:.2f}x" for r in base[1:]) + f" vs {Path_name(base[0].model)}")
+            f"{_short_name(r.model)} {base[0].p50_ms / r.p50_ms:.2f}x" for r in base[1:]) + f" vs {_short_name(base[0].model)}")
     print(f"{rows[0].runs} interleaved runs per model and config after warm-up; peak RSS {env['peak_rss_mb']:.0f} MB")
     return 0
 
 
-def Path_name(model: str) -> str:
+def _short_name(model: str) -> str:
     from pathlib import Path
 
     return Path(model).name if "/" in model else model
