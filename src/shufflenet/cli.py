@@ -412,7 +412,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg_path = Path(args.resume) / "config.json"
         if not cfg_path.is_file():
             raise _usage(f"{args.resume}: not a training run (no config.json)")
-        cfg = TrainConfig.from_dict(_json.loads(cfg_path.read_text()))
+        cfg = dataclasses.replace(TrainConfig.from_dict(_json.loads(cfg_path.read_text())), out=args.resume)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
     else:

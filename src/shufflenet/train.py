@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +241,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     from .torch_models import ShuffleNet
 
     dist, rank, world, owned_group = _dist()
+    # absolute paths in config.json: `--resume RUN` works from any working directory
+    cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()))
     out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -265,6 +267,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         if json.loads(ckpt["classes"]) != classes:
             raise TrainError(f"{cfg.data}: classes differ from the run's {json.loads(ckpt['classes'])}")
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)
+        saved["out"] = cfg.out  # the folder resumed from, wherever it has moved
         cfg = TrainConfig.from_dict(saved)
     else:
         ckpt = None
