@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -403,19 +404,9 @@ def _add_demo_data(sub) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resume, train
 
-    if args.resume:
-        import json as _json
-        from pathlib import Path
-
-        cfg_path = Path(args.resume) / "config.json"
-        if not cfg_path.is_file():
-            raise _usage(f"{args.resume}: not a training run (no config.json)")
-        cfg = dataclasses.replace(TrainConfig.from_dict(_json.loads(cfg_path.read_text())), out=args.resume)
-        if args.epochs:
-            cfg = dataclasses.replace(cfg, epochs=args.epochs)
-    else:
+    if not args.resume:
         if not args.data or not args.output:
             raise _usage("--data and -o RUN are required (or --resume RUN)")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -428,16 +419,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if state["epoch"] != epoch:
             bar.close()
             state["epoch"] = epoch
-            bar.label, bar.last = f"epoch {epoch + 1}/{cfg.epochs}", -1
+            bar.label, bar.last = f"epoch {epoch + 1}", -1
         bar(step, steps)
 
-    result = train(cfg, resume=bool(args.resume), progress=progress)
+    result = (resume(args.resume, epochs=args.epochs, progress=progress) if args.resume
+              else train(cfg, progress=progress))
     bar.close()
     if args.json:
         _print_json({"run": str(result.run), "best_val_acc": result.best_val_acc, "final_val_acc": result.final_val_acc,
                      "epochs": result.epochs_done, "interrupted": result.interrupted, "seconds": result.seconds,
                      "history": result.history, "ddp": result.ddp})
-    elif int(__import__("os").environ.get("RANK", "0")) == 0:
+    elif int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         for h in result.history:
             val = "-" if h["val_acc"] is None else f"{h['val_acc']:.1f}%"
             print(f"epoch {h['epoch']:3d}  loss {h['train_loss']:.3f}  train {h['train_acc']:.1f}%  val {val}  "
@@ -446,7 +438,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"interrupted: resume with `shufflenet train --resume {result.run}`")
         else:
             print(f"run {result.run}: best val {result.best_val_acc}%; export with "
-                  f"`shufflenet export {cfg.variant} --weights {result.run}/best -o model.onnx`")
+                  f"`shufflenet export {result.variant} --weights {result.run}/best -o model.onnx`")
     return 130 if result.interrupted else 0
 
 

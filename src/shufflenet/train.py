@@ -29,7 +29,7 @@ from .preprocess import load_image, preprocess_pil
 from .specs import Preprocess, get_spec
 from .weights import atomic_write, random_weights, resolve_weights, save_weights, weights_digest
 
-__all__ = ["TrainConfig", "TrainError", "train", "find_images"]
+__all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -206,6 +206,7 @@ def _amp_dtype(mode: str):
 @dataclass
 class TrainResult:
     run: Path
+    variant: str
     best_val_acc: float | None
     final_val_acc: float | None
     epochs_done: int
@@ -404,7 +405,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     if dist is not None and owned_group:
         dist.barrier()
         dist.destroy_process_group()  # exiting with gloo's threads alive can abort (SIGABRT) the ranks
-    result = TrainResult(out, best, history[-1]["val_acc"] if history else None, len(history), interrupted,
+    result = TrainResult(out, cfg.variant, best, history[-1]["val_acc"] if history else None, len(history), interrupted,
                          time.perf_counter() - t0, history, ddp_info)
     if rank == 0 and not interrupted:
         summary = {"best_val_acc": best, "final_val_acc": result.final_val_acc, "epochs": len(history),
@@ -412,6 +413,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
                    "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set)}
         atomic_write(out / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=2) + "\n"))
     return result
+
+
+def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Callable | None = None) -> TrainResult:
+    """Continue the run in folder ``run`` exactly where it stopped (optionally to more epochs)."""
+    cfg_path = Path(run) / "config.json"
+    if not cfg_path.is_file():
+        raise TrainError(f"{run}: not a training run (no config.json)")
+    try:
+        cfg = replace(TrainConfig.from_dict(json.loads(cfg_path.read_text())), out=str(run))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise TrainError(f"{cfg_path}: unreadable ({e})") from None
+    if epochs:
+        cfg = replace(cfg, epochs=epochs)
+    return train(cfg, resume=True, progress=progress)
 
 
 def _LogitsOnly(model, logits_name):
