@@ -28,8 +28,9 @@ def test_cli_list(capsys):
 
 
 def test_cli_usage_errors_exit_2(capsys):
+    import pytest
+
     assert main([]) == 2
-    try:
+    with pytest.raises(SystemExit) as e:
         main(["nope"])
-    except SystemExit as e:
-        assert e.code == 2
+    assert e.value.code == 2

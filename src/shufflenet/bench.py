@@ -161,6 +161,17 @@ def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[
     return {"rows": rows, "env": env}
 
 
+def plot(rows: list[BenchRow], path: str | os.PathLike) -> Path:
+    """One panel per (threads, batch): each model's latencies, sorted (a distribution at a glance)."""
+    from .plotting import line_panel, save_panels
+
+    configs = sorted({(r.threads, r.batch) for r in rows})
+    panels = [line_panel({Path(r.model).name: sorted(r.samples_ms) for r in rows if (r.threads, r.batch) == c},
+                         title=f"latency ms, sorted runs (threads {c[0]}, batch {c[1]})", xlabel="run")
+              for c in configs]
+    return save_panels(panels, path)
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -188,7 +199,9 @@ def bench_images(model: str, images: str | os.PathLike, *, batch: int = 8, worke
         raise BenchError(f"{images}: no images")
     sess = ort_session(proto, threads)
     name = sess.get_inputs()[0].name
-    draft = 2 * recipe.resize
+    from .preprocess import DRAFT_MARGIN
+
+    draft = DRAFT_MARGIN * recipe.resize
     stage = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
 
     def load(p):

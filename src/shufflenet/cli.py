@@ -319,17 +319,16 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .hub import artifact_path, cache_dir, fetch, find_artifact
-    from .specs import artifacts
+    from .hub import cache_dir, fetch, find_artifact, list_cache
 
     if args.list:
+        entries = list_cache()
         if args.json:
             _print_json({"cache": str(cache_dir()), "artifacts": [
-                {**{k: v for k, v in a.__dict__.items()}, "path": str(artifact_path(a)),
-                 "cached": artifact_path(a).is_file()} for a in artifacts()]})
+                {**e.artifact.__dict__, "path": str(e.path), "cached": e.present} for e in entries]})
             return 0
-        rows = [[a.name, a.kind, a.variant, f"{a.size:,}" if a.size else "-",
-                 "cached" if artifact_path(a).is_file() else "-"] for a in artifacts()]
+        rows = [[e.artifact.name, e.artifact.kind, e.artifact.variant,
+                 f"{e.artifact.size:,}" if e.artifact.size else "-", "cached" if e.present else "-"] for e in entries]
         _print_table(rows, ["artifact", "kind", "variant", "bytes", "status"])
         print(f"cache: {cache_dir()}")
         return 0
@@ -402,16 +401,13 @@ def _add_demo_data(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .train import TrainConfig, resume, train
 
     if not args.resume:
         if not args.data or not args.output:
             raise _usage("--data and -o RUN are required (or --resume RUN)")
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None and k != "out"},
-                          out=args.output)
+        given = {k: v for k, v in vars(args).items() if v is not None and k != "out"}
+        cfg = TrainConfig.from_dict({**given, "out": args.output})
     state = {"epoch": -1}
     bar = _Bar("train", args.quiet)
 
@@ -626,8 +622,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.images:
         if len(args.models) != 1:
             raise _usage("--images measures one model end to end")
-        res = bench_images(args.models[0], args.images, batch=args.batch[0] if args.batch != (1,) else 8,
-                           workers=args.workers, threads=args.threads[0], limit=args.limit)
+        res = bench_images(args.models[0], args.images, batch=(args.batch or (8,))[0],
+                           workers=args.workers, threads=(args.threads or (1,))[0], limit=args.limit)
         if args.json:
             _print_json({k: v for k, v in res.items() if k not in ("predictions", "files")})
             return 0
@@ -638,21 +634,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("time by stage (summed over workers): " + ", ".join(
             f"{k} {v:.2f} s ({v / total:.0%})" for k, v in st.items()))
         return 0
+    args.batch, args.threads = args.batch or (1,), args.threads or (1,)
     bar = _Bar("bench", args.quiet or args.json)
     result = bench(args.models, batches=args.batch, threads=args.threads, runs=args.runs, warmup=args.warmup,
                    backend=args.backend, precision=args.precision, ort_defaults=args.ort_defaults, progress=bar)
     bar.close()
     rows = result["rows"]
     if args.plot:
-        from .plotting import line_panel, save_panels
+        from .bench import plot
 
-        panels = []
-        for t in args.threads:
-            for b in args.batch:
-                sel = [r for r in rows if r.threads == t and r.batch == b]
-                panels.append(line_panel({_short_name(r.model): sorted(r.samples_ms) for r in sel},
-                                         title=f"latency ms, sorted runs (threads {t}, batch {b})", xlabel="run"))
-        save_panels(panels, args.plot)
+        plot(rows, args.plot)
     if args.json:
         _print_json({"env": result["env"], "rows": [r.to_dict() for r in rows]})
         return 0
@@ -683,8 +674,8 @@ def _add_bench(sub) -> None:
                                    "ratios hold on a noisy machine. With --images: decode + preprocess + "
                                    "inference end to end for one model.")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
-    p.add_argument("--batch", type=_int_list, default=(1,), help="comma list, e.g. 1,8")
-    p.add_argument("--threads", type=_int_list, default=(1,), help="comma list, e.g. 1,2")
+    p.add_argument("--batch", type=_int_list, help="comma list, e.g. 1,8 (default 1; 8 with --images)")
+    p.add_argument("--threads", type=_int_list, help="comma list, e.g. 1,2 (default 1)")
     p.add_argument("--runs", type=_positive_int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")

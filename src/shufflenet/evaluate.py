@@ -43,14 +43,23 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
         raise DatasetError(f"{root}: not a folder")
     skipped: list[tuple[str, str]] = []
     if label_file is not None:
+        try:
+            lines = Path(label_file).read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"cannot read label file {label_file}: {e}") from None
         samples = []
-        for n, line in enumerate(Path(label_file).read_text("utf-8").splitlines(), 1):
+        top = root.resolve()
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             parts = line.split()
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DatasetError(f"{label_file}:{n}: expected 'filename index', got {line!r}")
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise DatasetError(f"{label_file}:{n}: expected 'filename index' (index >= 0), got {line!r}")
+            if labels is not None and int(parts[1]) >= len(labels):
+                raise DatasetError(f"{label_file}:{n}: class index {parts[1]} but the model has {len(labels)} classes")
             path = root / parts[0]
+            if os.path.commonpath([str(top), str(path.resolve())]) != str(top):
+                raise DatasetError(f"{label_file}:{n}: {parts[0]!r} is outside {root}")
             if not path.is_file():
                 skipped.append((str(path), "listed in the label file but missing"))
                 continue

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 
 from .errors import CheckFailedError, ShuffleNetError
 from .specs import Artifact, artifacts
+from .weights import sha256_file
 
 __all__ = ["HubError", "HashMismatchError", "cache_dir", "find_artifact", "artifact_path", "fetch",
            "cached_path", "Progress"]
@@ -75,19 +75,11 @@ def _urls(a: Artifact) -> list[str]:
     return urls + list(a.urls)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(a: Artifact, path: Path, *, what: str) -> str:
     size = path.stat().st_size
     if a.size is not None and size != a.size:
         raise HashMismatchError(f"{what} {path}: {size} bytes, the published size is {a.size}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if a.sha256 is not None and digest != a.sha256:
         raise HashMismatchError(f"{what} {path}: sha256 {digest}, expected {a.sha256}")
     if a.sha256_prefix is not None:
@@ -221,12 +213,3 @@ class CacheEntry:
 
 def list_cache() -> list[CacheEntry]:
     return [CacheEntry(a, artifact_path(a), artifact_path(a).is_file()) for a in artifacts()]
-
-
-def clear_partial() -> None:
-    """Remove leftover ``.part`` files (interrupted downloads)."""
-    root = cache_dir()
-    if root.is_dir():
-        for p in root.rglob("*.part"):
-            p.unlink(missing_ok=True)
-

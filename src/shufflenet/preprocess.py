@@ -72,15 +72,23 @@ def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PI
                              f"({', '.join(ALLOWED_FORMATS)})") from None
         except (OSError, ValueError) as e:
             raise ImageError(f"{name}: cannot read image ({e})") from None
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ImageError(f"{name}: refused, {w}x{h} is more than {max_pixels:,} pixels")
-        if draft_size and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (draft_size, draft_size))
         try:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{name}: refused, {w}x{h} is more than {max_pixels:,} pixels")
+            if draft_size and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (draft_size, draft_size))
             img.seek(0)  # GIF/TIFF: the first frame
             img.load()
+            if getattr(img, "fp", None) is not None:  # multi-frame files keep theirs open: detach
+                loaded = img.copy()
+                img.close()
+                img = loaded
+        except ImageError:
+            img.close()
+            raise
         except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+            img.close()
             raise ImageError(f"{name}: cannot decode image ({e})") from None
     try:
         img = ImageOps.exif_transpose(img)

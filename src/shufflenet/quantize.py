@@ -80,18 +80,20 @@ def _list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _batch(clf: Classifier, paths: list[Path]) -> np.ndarray:
+def _batch(clf: Classifier, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
+    """Preprocessed images and the indices of ``paths`` that could be read (bad ones skipped)."""
     from .preprocess import ImageError
 
-    arrays = []
-    for p in paths:
+    arrays, kept = [], []
+    for i, p in enumerate(paths):
         try:
             arrays.append(clf.preprocess(p))
+            kept.append(i)
         except ImageError:
-            continue  # a bad calibration image is skipped, not fatal
+            continue  # a bad image is skipped, not fatal
     if not arrays:
-        raise QuantizeError("none of the calibration images could be read")
-    return np.concatenate(arrays)
+        raise QuantizeError("none of the images could be read")
+    return np.concatenate(arrays), kept
 
 
 class _Reader:
@@ -112,8 +114,6 @@ class _Reader:
     def rewind(self):
         self.pos = 0
 
-    def __iter__(self):  # qdq_loss_debug iterates; quantize_static calls get_next
-        return iter(self.items)
 
 
 # --------------------------------------------------------------------------- one quantization
@@ -211,7 +211,8 @@ def _loss(metrics: dict) -> float:
     return 100.0 - metrics["top1_agreement"]
 
 
-def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np.ndarray) -> list[tuple[str, float]]:
+def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np.ndarray,
+                 batch: int | None = None) -> list[tuple[str, float]]:
     """(tensor, SQNR in dB, mean over channels) of each quantized activation, worst first.
 
     The fp32 activation is quantized and dequantized with the scale/zero point the QDQ model
@@ -237,8 +238,13 @@ def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np
     probe.CopyFrom(prepared)
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: data}
-    acts = dict(zip(names, sess.run(names, feed)))
+    if batch:  # a fixed-batch model: whole batches only
+        data = data[: max(batch, len(data) - len(data) % batch)]
+        if len(data) < batch:
+            data = np.concatenate([data, np.zeros((batch - len(data), *data.shape[1:]), np.float32)])
+    step = batch or len(data)
+    runs = [sess.run(names, {sess.get_inputs()[0].name: data[i:i + step]}) for i in range(0, len(data), step)]
+    acts = {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
     consumers: dict[str, list[str]] = {}
     for node in prepared.graph.node:
         for i in node.input:
@@ -334,7 +340,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     order = rng.permutation(len(files))
     calib_files = [files[i] for i in order[:opts.calib_count]]
     held_out = [files[i] for i in order[opts.calib_count:]]
-    calib_data = _batch(clf, calib_files)
+    calib_data, _ = _batch(clf, calib_files)
     reader = _Reader(clf.input_name, calib_data, batch)
     if not reader.items:
         raise QuantizeError(f"{len(calib_data)} calibration images are fewer than the model's batch of {batch}")
@@ -345,10 +351,10 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         samples = samples[:opts.eval_count]
         if not samples:
             raise QuantizeError(f"{eval_data}: no labelled images")
-        eval_x = _batch(clf, [s.path for s in samples])
-        labels = np.array([s.label for s in samples]) if len(eval_x) == len(samples) else None
-    else:  # no labels: top-1 agreement with fp32 on images not used for calibration
-        eval_x = _batch(clf, held_out[:opts.eval_count]) if held_out else calib_data
+        eval_x, kept = _batch(clf, [s.path for s in samples])
+        labels = np.array([samples[i].label for i in kept])
+    else:  # no labels: top-1 agreement with fp32 on images not used for calibration, if any
+        eval_x = _batch(clf, held_out[:opts.eval_count])[0] if held_out else calib_data
     ref = _outputs(fp32, eval_x, batch)
 
     attempts: list[dict] = []
@@ -405,7 +411,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
                 _prepare(fp32, True, work, name="probe-prepared")
             probe = _quantize_once(probe_src, work / "probe.onnx", reader, fmt="qdq",
                                    per_channel=opts.per_channel, method=method, exclude=[])
-        worst = _sensitivity(prepared_model, probe, calib_data[:32])
+        worst = _sensitivity(prepared_model, probe, calib_data[:32], batch)
         # keeping more than MAX_FP32_FRACTION of the tensors in fp32 would not be an int8 model
         # any more: past that, report the criterion as not met instead
         k, cap = 1, max(1, int(len(worst) * MAX_FP32_FRACTION))
@@ -428,7 +434,8 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             criterion = {"max_loss_pct": opts.max_loss, "min_agreement_pct": opts.min_agreement,
                          "measure": "accuracy" if labels is not None else "top-1 agreement with fp32",
                          "loss_pct": _loss(best_m), "agreement_pct": best_m["top1_agreement"],
-                         "met": met(best_m), "images": len(eval_x)}
+                         "met": met(best_m), "images": len(eval_x),
+                         "images_also_used_for_calibration": eval_data is None and not held_out}
         meta = {p.key: p.value for p in best_q.metadata_props}
         meta.update({p.key: p.value for p in fp32.metadata_props})
         meta["quantization"] = json.dumps(recipe)
@@ -445,8 +452,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     if plot is not None and worst:
         from .plotting import bar_panel, save_panels
 
-        plot_path = str(save_panels([bar_panel(worst[::-1][:200][::-1] if len(worst) > 200 else worst,
-                                               title="per-tensor SQNR (dB), worst first", ylabel="tensors")],
-                                    plot))
+        plot_path = str(save_panels([bar_panel(worst[:200], title="per-tensor SQNR (dB), worst first",
+                                               ylabel="tensors")], plot))
     return QuantReport(str(model_path), str(output), recipe, model_path.stat().st_size, output.stat().st_size,
                        best_m, criterion, attempts, worst[:10], latency, plot_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -410,6 +410,15 @@ class Preprocess:
     #: pixel values are divided by this before normalising (255 -> [0, 1])
     scale: float = 255.0
 
+    def __post_init__(self) -> None:  # recipes also come from model files: check every field
+        ok = (isinstance(self.resize, int) and isinstance(self.crop, int) and 1 <= self.crop <= self.resize * 4
+              and 1 <= self.resize <= 8192 and self.resize_mode in ("shorter", "square")
+              and self.interpolation in ("bilinear", "bicubic") and self.channel_order in ("RGB", "BGR")
+              and len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std)
+              and self.scale > 0)
+        if not ok:
+            raise ValueError(f"invalid preprocessing recipe: {self}")
+
     def describe(self) -> str:
         return (f"resize {self.resize} ({self.resize_mode}, {self.interpolation}) -> "
                 f"center crop {self.crop} -> {self.channel_order}/{self.scale:g} -> "
@@ -516,10 +525,6 @@ def get_spec(name: str) -> VariantSpec:
 
 def list_variants() -> list[str]:
     return list(_REGISTRY)
-
-
-def iter_specs() -> Iterator[VariantSpec]:
-    return iter(_REGISTRY.values())
 
 
 _TV = "torchvision (ImageNet-1k val, IMAGENET1K_V1 weights)"

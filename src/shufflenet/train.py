@@ -26,12 +26,12 @@ import numpy as np
 
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
+from .runtime import IMAGE_SUFFIXES
 from .specs import Preprocess, get_spec
 from .weights import atomic_write, random_weights, resolve_weights, save_weights, weights_digest
 
 __all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class TrainError(ShuffleNetError, ValueError):
@@ -263,8 +263,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     if resume:
         if not ckpt_path.is_file():
             raise TrainError(f"{out}: no checkpoint.pt to resume from")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = json.loads(ckpt["config"])
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            saved = json.loads(ckpt["config"])
+            json.loads(ckpt["classes"])
+        except Exception as e:  # torch raises many types for a damaged or foreign file
+            raise TrainError(f"{ckpt_path}: not a usable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         if json.loads(ckpt["classes"]) != classes:
             raise TrainError(f"{cfg.data}: classes differ from the run's {json.loads(ckpt['classes'])}")
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)

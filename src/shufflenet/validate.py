@@ -116,6 +116,9 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
         runner = Runner(model, threads=threads)
         report.engine = runner.engine
         for ts in sets:
+            if len(ts.inputs) != len(runner.input_names) or len(ts.outputs) > len(runner.output_names):
+                raise BundleError(f"{ts.path}: {len(ts.inputs)} inputs / {len(ts.outputs)} outputs, the model has "
+                                  f"{len(runner.input_names)} / {len(runner.output_names)}")
             feeds = {}
             for k, (name, arr) in enumerate(ts.inputs):
                 feeds[name if name in runner.input_names else runner.input_names[k]] = arr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -164,7 +165,7 @@ def load_weights(path: str | os.PathLike) -> Weights:
             return _load_torch(path)
     except (WeightsError, UnsafeFileError, MissingDependencyError):
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as e:
         raise WeightsError(f"cannot read weights from {path}: {e}") from None
     raise WeightsError(f"unsupported weights file {path.name!r}: expected one of "
                        f"{', '.join(WEIGHT_SUFFIXES)}")
@@ -233,6 +234,8 @@ def _load_safetensors(path: Path) -> Weights:
         header = json.loads(data[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: bad safetensors header: {e}") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: bad safetensors header: not a JSON object")
     buf = memoryview(data)[8 + n:]
     out: Weights = {}
     for key, info in header.items():
@@ -242,7 +245,7 @@ def _load_safetensors(path: Path) -> Weights:
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
             shape = tuple(int(s) for s in info["shape"])
             start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise WeightsError(f"{path}: tensor {key!r} has an unsupported or malformed entry") from None
         if not 0 <= start <= end <= len(buf) or end - start != dtype.itemsize * int(np.prod(shape)):
             raise WeightsError(f"{path}: tensor {key!r} has data offsets that do not fit its shape")
@@ -301,10 +304,15 @@ def _state_dict_to_numpy(obj, path: Path) -> Weights:
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     out: Weights = {}
     for k, v in obj.items():
+        if not isinstance(k, str):
+            raise WeightsError(f"{path}: key {k!r} is not a string")
         if not isinstance(v, torch.Tensor):
             raise WeightsError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
         k = k.removeprefix("module.")  # DataParallel / DDP wrappers
-        out[k] = v.detach().cpu().numpy().copy()
+        v = v.detach().cpu()
+        if v.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):  # numpy has no such dtype
+            v = v.float()
+        out[k] = v.numpy().copy()
     return out
 
 
@@ -361,7 +369,7 @@ def resolve_weights(
     if source is None or (isinstance(source, str) and (source == "random" or source.startswith("random:"))):
         if isinstance(source, str) and source.startswith("random:"):
             text = source.split(":", 1)[1]
-            if not text.isdigit():
+            if not re.fullmatch(r"[0-9]+", text):
                 raise WeightsError(f"bad weights spec {source!r}: expected random:SEED with an integer seed")
             if seed is not None and int(text) != seed:
                 raise WeightsError(f"weights {source!r} and seed={seed} disagree")
@@ -372,7 +380,7 @@ def resolve_weights(
         return w, WeightSource("random", f"random:{seed}", weights_digest(w), seed), n
     if seed is not None:
         raise WeightsError("seed only applies to random weights; it conflicts with the given weights")
-    extra = {}
+    extra: dict = {}
     if isinstance(source, Mapping):
         raw, desc, digest, kind = dict(source), "<numpy dict>", None, "dict"
     else:
@@ -385,7 +393,6 @@ def resolve_weights(
             source = fetch(published[0])
         path = Path(source)
         run = training_run(path)
-        extra: dict = {}
         if run is not None:
             path, info = run
             if info["variant"] != spec.name:

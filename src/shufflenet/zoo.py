@@ -149,14 +149,16 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
                     model = onnx.load(str(qpath))
                     result.info["quantization"] = report.recipe
                     result.info["fidelity"] = report.metrics
-                result.onnx_path = save_model(model, out / f"{art.name}.onnx")
                 paths = export_bundle(art.variant, Path(tmp) / "bundles", test_data=test_data, name=art.name,
                                       tar=True, model=model)
-                result.tar_path = Path(shutil.copyfile(paths["tar"], out / f"{art.name}.tar.gz"))
-                report = validate(result.tar_path)
+                report = validate(paths["tar"])
                 if not report.passed:
                     raise ZooError(f"validate failed: {report.checker}; "
                                    + "; ".join(f"{s.name} max abs {s.max_abs_err:.2e}" for s in report.sets if not s.passed))
+                # only a validated artifact reaches `out`, each file written atomically
+                result.onnx_path = save_model(model, out / f"{art.name}.onnx")
+                result.tar_path = atomic_write(out / f"{art.name}.tar.gz",
+                                               lambda t, src=paths["tar"]: shutil.copyfile(src, t))
                 result.info["validate_engine"] = report.engine
                 result.info["io_ports"] = _io_ports(model)
                 result.info["opset"] = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
