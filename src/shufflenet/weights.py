@@ -278,7 +278,12 @@ def _import_torch(why: str):
 
 
 def _load_torch(path: Path) -> Weights:
-    torch = _import_torch(f"reading {path.suffix} files")
+    try:
+        import torch
+    except ImportError:  # no torch: our own restricted reader of torch's formats
+        from ._torch_pickle import load_state_dict
+
+        return _plain_state_dict(load_state_dict(path), path)
     try:
         # weights_only=True: only tensors and plain containers; anything needing code is refused
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -289,6 +294,25 @@ def _load_torch(path: Path) -> Weights:
                                   f"({msg})") from None
         raise WeightsError(f"cannot read {path}: {msg}") from None
     return _state_dict_to_numpy(obj, path)
+
+
+def _unwrap(obj):
+    """Common wrappers: {"state_dict": ...}, {"model": ...}, {"model_state_dict": ...}."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping) and len(obj) < 20:
+                return obj[key]
+    return obj
+
+
+def _plain_state_dict(obj, path: Path) -> Weights:
+    obj = _unwrap(obj) if not any(isinstance(v, np.ndarray) for v in obj.values()) else obj
+    out: Weights = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            raise WeightsError(f"{path}: entry {k!r} is not a named tensor")
+        out[k.removeprefix("module.")] = v
+    return out
 
 
 def _state_dict_to_numpy(obj, path: Path) -> Weights:
