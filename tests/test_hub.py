@@ -200,3 +200,52 @@ def test_cli_fetch_list_and_fetch(server, cache, monkeypatch, capsys):
     assert main(["fetch", "test-file", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["test-file"].endswith("f.bin")
     assert main(["fetch", "nope"]) == 2
+
+
+def test_weights_torchvision_fetches_verifies_and_exports_without_torch(tmp_path, cache, monkeypatch):
+    """The pretrained path end to end, offline: a local server plays download.pytorch.org."""
+    torch = pytest.importorskip("torch")  # only to write the checkpoint
+    import hashlib
+    import sys
+
+    import numpy as np
+
+    from shufflenet import build_model, specs
+    from shufflenet.onnx_export import export_onnx
+    from shufflenet.runtime import Runner
+
+    ckpt = tmp_path / "shufflenetv2_x0.5-test.pth"
+    module = build_model("shufflenet_v2_x0_5", seed=9)
+    torch.save(module.state_dict(), ckpt)
+    body = ckpt.read_bytes()
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{ckpt.name}"
+        art = Artifact(name="torchvision-shufflenet_v2_x0_5", variant="shufflenet_v2_x0_5", kind="torchvision-pth",
+                       urls=(url,), sha256_prefix=hashlib.sha256(body).hexdigest()[:10])
+        monkeypatch.setattr(specs, "artifacts", lambda: (art,))
+        monkeypatch.setitem(sys.modules, "torch", None)  # the base install: no torch
+        model = export_onnx("shufflenet_v2_x0_5", weights="torchvision", opset=12)
+    finally:
+        httpd.shutdown()
+    r = Runner(model)
+    got = r.run({r.input_names[0]: x})[0]
+    assert np.abs(got - want).max() < 1e-4
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["weights_sha256"] == hashlib.sha256(body).hexdigest()
+    assert (cache / "torchvision-pth" / ckpt.name).is_file()
