@@ -34,3 +34,15 @@ def test_cli_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["nope"])
     assert e.value.code == 2
+
+
+def test_commands_that_need_torch_say_so_without_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on the base install
+    for mod in [m for m in sys.modules if m.startswith("shufflenet.torch_models")]:
+        monkeypatch.delitem(sys.modules, mod)
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir()
+    assert main(["train", "--data", str(tmp_path / "d"), "-o", str(tmp_path / "r")]) == 2
+    assert main(["export", "shufflenet_v2_x0_5", "--via", "torch", "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("pip install") == 2 and "Traceback" not in err

@@ -28,7 +28,7 @@ from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
 from .runtime import IMAGE_SUFFIXES
 from .specs import Preprocess, get_spec
-from .weights import atomic_write, random_weights, resolve_weights, save_weights, weights_digest
+from .weights import _import_torch, atomic_write, random_weights, resolve_weights, save_weights, weights_digest
 
 __all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
 
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     ``progress(epoch, step, steps, loss)`` is called after each step. Ctrl-C (or
     ``stop_after_steps`` for tests) saves a resumable checkpoint and returns interrupted=True.
     """
-    import torch
+    torch = _import_torch("training")
     import torch.nn.functional as F
 
     from .torch_models import ShuffleNet
