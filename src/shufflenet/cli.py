@@ -102,6 +102,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset, weights=args.weights, batch=args.batch, keep_batchnorm=args.keep_batchnorm,
         input_name=args.input_name, output_name=args.output_name, num_classes=args.num_classes,
         via=args.via, **({"input_size": args.input_size} if args.input_size else {}),
+        **({"absorb_shuffle": True} if args.absorb_shuffle else {}),
         **({"labels": _read_labels(args.labels)} if args.labels else {}),
     )
     if args.json:
@@ -158,6 +159,9 @@ def _add_export(sub) -> None:
                    help="write a bundle with K test sets (generated images, one set with batch 3)")
     p.add_argument("--tar", action="store_true", help="also pack <name>.tar.gz as the zoo ships bundles")
     p.add_argument("--name", help="bundle name (default: <variant>-<opset>)")
+    p.add_argument("--absorb-shuffle", action="store_true",
+                   help="V2: absorb the channel shuffles into weight permutations (no Reshape/Transpose; "
+                        "1.14x/1.40x faster on OpenVINO f32/bf16 here, no change on ONNX Runtime)")
     p.add_argument("--input-size", type=_positive_int,
                    help="square input size (default: the training run's, else 224)")
     p.add_argument("--labels", help="class names to store in the model (one per line, JSON list or TSV)")

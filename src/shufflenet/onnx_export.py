@@ -232,6 +232,7 @@ def export_onnx(
     seed: int | None = None,
     labels: list[str] | None = None,
     input_size: int | None = None,
+    absorb_shuffle: bool = False,
 ) -> onnx.ModelProto:
     """Build the ONNX model of a registry variant. See ``shufflenet export --help``.
 
@@ -256,6 +257,10 @@ def export_onnx(
         raise ExportError(f"input and output names must differ, both are {in_name!r}")
     if labels is not None and len(labels) != n_classes:
         raise ExportError(f"{len(labels)} labels given for a model with {n_classes} classes")
+    if absorb_shuffle:  # V2: shuffles become weight permutations (see optimize.py)
+        from .optimize import absorb_shuffles
+
+        graph, w = absorb_shuffles(graph, w)
     rename = {graph.input: in_name, graph.output: out_name}
     em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm, rename=rename, size=size)
     em.emit()
@@ -279,6 +284,10 @@ def export_onnx(
     if size != recipe.crop:  # keep the crop ratio of the recipe (224 of 256 = 0.875)
         recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
     _set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, recipe)
+    if absorb_shuffle:
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                       "channel_shuffle": "absorbed into weights" if not any(
+                                           n.op_type == "Transpose" for n in model.graph.node) else "kept"})
     return model
 
 

@@ -170,7 +170,8 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
 def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
                      keep_batchnorm: bool = False, input_name: str | None = None,
                      output_name: str | None = None, num_classes: int | None = None,
-                     seed: int | None = None, labels=None, input_size: int | None = None) -> onnx.ModelProto:
+                     seed: int | None = None, labels=None, input_size: int | None = None,
+                     absorb_shuffle: bool = False) -> onnx.ModelProto:
     """The ``--via torch`` path: build the PyTorch module, torch.onnx.export it, clean the graph."""
     from .onnx_clean import clean_graph
     from .onnx_export import ExportError, _set_metadata
@@ -178,6 +179,8 @@ def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, bat
 
     if keep_batchnorm:
         raise ExportError("--keep-batchnorm is not available with --via torch (torch folds BatchNorm)")
+    if absorb_shuffle:
+        raise ExportError("--absorb-shuffle works on the emitter's graph, not with --via torch")
     module = build_model(variant, weights=weights, num_classes=num_classes, seed=seed)
     spec = get_spec(variant)
     size = input_size or module.weights_source.input_size or spec.preprocess.crop

@@ -1,0 +1,188 @@
+"""Absorb ShuffleNetV2's channel shuffles into weights: no Reshape/Transpose left in the graph.
+
+A V2 unit computes ``T' = shuffle2(concat(A, f(B)))`` where ``A, B = split(T)``. Nothing forces a
+tensor's channels to be stored in their logical order: if every tensor carries a permutation
+(physical position -> logical channel), a 1x1 convolution absorbs its input's permutation into
+its weight columns, a depthwise convolution and BatchNorm permute their per-channel parameters,
+and the last 1x1 convolution of a branch may emit its channels in any order we like. The shuffle
+then becomes a choice of physical order, realised by a Concat of contiguous pieces.
+
+The order chosen for a unit's output sorts channels by how many following units keep them in the
+pass-through half (most first), so each split stays one contiguous Split and each concat needs at
+most two pieces per level. The graph computes exactly the same function (float rounding aside);
+``export_onnx(..., absorb_shuffle=True)`` uses it. Graphs without the V2 pattern (V1: a shuffle
+between grouped convolutions cannot be absorbed) are returned unchanged.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+
+from .specs import Graph, Node
+
+__all__ = ["absorb_shuffles"]
+
+
+def _levels(c: int, m: int) -> np.ndarray:
+    """r[p]: for how many of the next ``m`` units logical channel p stays in the pass-through half."""
+    r = np.zeros(c, dtype=np.int64)
+    for p in range(c):
+        pos = p
+        for _ in range(m):
+            if pos < c // 2:
+                r[p] += 1
+                pos *= 2
+            else:
+                break
+    return r
+
+
+def absorb_shuffles(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
+    """(graph without shuffles, permuted weights), or the inputs unchanged for other graphs."""
+    by_out = {o: n for n in graph.nodes for o in n.outputs}
+    consumers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    shuffles = [n for n in graph.nodes if n.op == "shuffle"]
+    if not shuffles or any(s.attrs["groups"] != 2 or by_out[s.inputs[0]].op != "concat"
+                           or len(by_out[s.inputs[0]].inputs) != 2 for s in shuffles):
+        return graph, weights
+    shapes = graph.shapes()
+
+    def chain_len(t: str) -> int:  # stride-1 units that follow tensor t
+        m = 0
+        while True:
+            split = next((n for n in consumers.get(t, []) if n.op == "split"), None)
+            if split is None:
+                return m
+            concat = next(n for n in consumers[split.outputs[0]] if n.op == "concat")
+            t = next(n for n in consumers[concat.output] if n.op == "shuffle").output
+            m += 1
+
+    levels = {s.output: _levels(shapes[s.output][0], chain_len(s.output)) for s in shuffles}
+
+    def head_conv(t: str) -> Node | None:
+        """The dense 1x1 conv whose output reaches t through BN/ReLU (its output order is free)."""
+        n = by_out[t]
+        while n.op in ("relu", "bn"):
+            n = by_out[n.inputs[0]]
+        return n if n.op == "conv" and n.attrs["groups"] == 1 else None
+
+    desired: dict[str, np.ndarray] = {}  # conv output -> physical order of its local channels
+    for s in shuffles:
+        concat = by_out[s.inputs[0]]
+        r = levels[s.output]
+        for k, src in enumerate(concat.inputs):
+            conv = head_conv(src)
+            if conv is not None:
+                n = shapes[src][0]
+                desired[conv.output] = np.array(sorted(range(n), key=lambda q: (-r[2 * q + k], q)))
+
+    w = dict(weights)
+    perm: dict[str, np.ndarray] = {}  # tensor -> physical position -> logical channel
+    nodes: list[Node] = []
+    skip = {s.inputs[0] for s in shuffles}  # concat outputs replaced along with their shuffle
+
+    def permute_param(key: str, order: np.ndarray, axis: int = 0) -> None:
+        w[key] = np.take(w[key], order, axis=axis)
+
+    for n in graph.nodes:
+        p_in = perm.get(n.inputs[0]) if n.inputs else None
+        if n.op == "conv":
+            wk = n.params["weight"]
+            if n.attrs["groups"] == 1:
+                if p_in is not None:
+                    permute_param(wk, p_in, axis=1)
+                out = desired.get(n.output)
+                if out is not None:
+                    permute_param(wk, out)
+                    if "bias" in n.params:
+                        permute_param(n.params["bias"], out)
+                    perm[n.output] = out
+            elif n.attrs["groups"] == n.attrs["in_channels"] == n.attrs["out_channels"]:  # depthwise
+                if p_in is not None:
+                    permute_param(wk, p_in)
+                    if "bias" in n.params:
+                        permute_param(n.params["bias"], p_in)
+                    perm[n.output] = p_in
+            elif p_in is not None:
+                return graph, weights  # a grouped conv cannot absorb a permutation
+            nodes.append(n)
+        elif n.op == "bn":
+            if p_in is not None:
+                for role, key in n.params.items():
+                    if role != "num_batches_tracked":
+                        permute_param(key, p_in)
+                perm[n.output] = p_in
+            nodes.append(n)
+        elif n.op in ("relu", "maxpool", "global_avgpool", "flatten"):
+            if p_in is not None:
+                perm[n.output] = p_in
+            nodes.append(n)
+        elif n.op == "split":
+            half = n.attrs["sizes"][0]
+            if p_in is not None:
+                if set(p_in[:half].tolist()) != set(range(half)):
+                    return graph, weights  # the order does not keep the halves apart
+                perm[n.outputs[0]], perm[n.outputs[1]] = p_in[:half], p_in[half:] - half
+            nodes.append(n)
+        elif n.op == "linear":
+            if p_in is not None:
+                permute_param(n.params["weight"], p_in, axis=1)
+            nodes.append(n)
+        elif n.op == "concat" and n.output in skip:
+            continue
+        elif n.op == "shuffle":
+            concat = by_out[n.inputs[0]]
+            built = _realise(n.output, concat.inputs, perm, levels[n.output], shapes)
+            if built is None:
+                return graph, weights
+            new_nodes, order = built
+            nodes.extend(new_nodes)
+            perm[n.output] = order
+        else:
+            if p_in is not None:
+                return graph, weights  # an op we do not know how to permute through
+            nodes.append(n)
+    g = Graph(tuple(nodes), graph.input, graph.output, graph.features, graph.num_classes)
+    g.shapes()  # the new graph must be consistent
+    return g, w
+
+
+def _realise(out: str, sources: tuple[str, ...], perm, r: np.ndarray, shapes):
+    """Nodes writing ``out`` as pieces of the sources, ordered by level; and out's permutation."""
+    order, pieces = [], []  # pieces: (source, start, length)
+    for level in sorted(set(r.tolist()), reverse=True):
+        for k, src in enumerate(sources):
+            n = shapes[src][0]
+            phys = perm.get(src, np.arange(n))
+            start = None
+            for j in range(n):
+                p = 2 * int(phys[j]) + k
+                if r[p] != level:
+                    continue
+                order.append(p)
+                if start is None:
+                    start, length = j, 0
+                elif j != start + length:
+                    return None  # not contiguous: the source's order disagrees with the levels
+                length += 1
+            if start is not None:
+                pieces.append((src, start, length))
+    nodes: list[Node] = []
+    names: dict[tuple[str, int], str] = {}
+    for k, src in enumerate(sources):
+        mine = sorted((s, ln) for source, s, ln in pieces if source == src)
+        if [s for s, _ in mine] != list(np.cumsum([0] + [ln for _, ln in mine[:-1]])):
+            return None
+        if len(mine) == 1:
+            names[(src, mine[0][0])] = src
+            continue
+        outs = tuple(f"{out}/{k}.{i}" for i in range(len(mine)))
+        nodes.append(Node("split", (src,), outs, MappingProxyType({"sizes": tuple(ln for _, ln in mine)}), {}))
+        names.update({(src, s): o for (s, _), o in zip(mine, outs)})
+    nodes.append(Node("concat", tuple(names[(src, s)] for src, s, _ in pieces), (out,), MappingProxyType({}), {}))
+    return nodes, np.array(order)
