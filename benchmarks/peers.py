@@ -94,6 +94,8 @@ def main() -> None:
     quantize(fp32_path, work / "ours-int8.onnx", calib, options=QuantizeOptions(format="qdq", calib_count=64,
                                                                                 measure_latency=False))
     int8 = onnx.load(str(work / "ours-int8.onnx"))
+    absorbed_path = save_model(export_onnx(variant, weights="random:0", opset=13, absorb_shuffle=True),
+                               work / "ours-fp32-absorbed.onnx")
 
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     xt = torch.from_numpy(x)
@@ -115,6 +117,11 @@ def main() -> None:
             ran = compiled.get_property("INFERENCE_PRECISION_HINT")
             candidates[f"OpenVINO {ov.__version__.split('-')[0]} {getattr(ran, 'to_string', lambda: str(ran))()}"] = \
                 (lambda r=req: r.infer({0: x}))
+        compiled = core.compile_model(str(absorbed_path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
+                                                                  "INFERENCE_NUM_THREADS": args.threads,
+                                                                  "PERFORMANCE_HINT": "LATENCY"})
+        req_abs = compiled.create_infer_request()
+        candidates["ours fp32 --absorb-shuffle, OpenVINO bf16"] = lambda: req_abs.infer({0: x})
     except ImportError:
         print("openvino not installed: skipped", file=sys.stderr)
     s32 = ort_session(fp32, args.threads)
