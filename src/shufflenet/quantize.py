@@ -100,9 +100,8 @@ class _Reader:
     """ORT CalibrationDataReader over preprocessed arrays (fixed-batch models get that batch)."""
 
     def __init__(self, input_name: str, data: np.ndarray, batch: int | None) -> None:
-        step = batch or 1
-        n = len(data) - len(data) % step if batch else len(data)
-        self.items = [{input_name: data[i:i + step]} for i in range(0, max(n, step), step) if i + step <= len(data)]
+        step = batch or 1  # a fixed-batch model gets whole batches only (a partial last one is dropped)
+        self.items = [{input_name: data[i:i + step]} for i in range(0, len(data) - step + 1, step)]
         self.pos = 0
 
     def get_next(self):

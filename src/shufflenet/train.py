@@ -319,7 +319,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         net = DistributedDataParallel(net, broadcast_buffers=True)
     amp = _amp_dtype(cfg.amp)
     train_data = _dataset(train_set, recipe, cfg, train=True)
-    steps_per_epoch = -(-(-(-len(train_set) // world)) // cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / cfg.batch_size)  # per rank
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     t0 = time.perf_counter()
