@@ -9,13 +9,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import ShuffleNetError
-
-Handler = Callable[[argparse.Namespace], int]
-
 
 def _print_table(rows: list[list[str]], headers: list[str], *, right: set[int] = frozenset()) -> None:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]

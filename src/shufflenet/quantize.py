@@ -180,18 +180,8 @@ def _quantize_once(prepared: Path, out: Path, reader: _Reader, *, fmt: str, per_
 # --------------------------------------------------------------------------- judging
 
 
-def _outputs(model: onnx.ModelProto, data: np.ndarray, batch: int | None) -> np.ndarray:
-    runner = Runner(model)
-    name = runner.input_names[0]
-    step = batch or 32
-    outs = []
-    for i in range(0, len(data), step):
-        chunk = data[i:i + step]
-        n = len(chunk)
-        if batch and n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
-        outs.append(runner.run({name: chunk})[0][:n])
-    return np.concatenate(outs).astype(np.float64)
+def _outputs(model: onnx.ModelProto, data: np.ndarray) -> np.ndarray:
+    return Runner(model).outputs(data).astype(np.float64)
 
 
 def _compare(ref: np.ndarray, got: np.ndarray, kind: str, labels: np.ndarray | None) -> dict:
@@ -330,7 +320,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
         raise QuantizeError(f"{model_path} is already quantized")
     clf = Classifier(fp32)
-    recipe_pp, kind, _ = _model_info(fp32)
+    _, kind, _ = _model_info(fp32)
     dims = fp32.graph.input[0].type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
 
@@ -354,7 +344,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         labels = np.array([samples[i].label for i in kept])
     else:  # no labels: top-1 agreement with fp32 on images not used for calibration, if any
         eval_x = _batch(clf, held_out[:opts.eval_count])[0] if held_out else calib_data
-    ref = _outputs(fp32, eval_x, batch)
+    ref = _outputs(fp32, eval_x)
 
     attempts: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="shufflenet-quant-") as tmp:
@@ -373,7 +363,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         def attempt(method: str, exclude: list[str], fmt: str = opts.format) -> tuple[onnx.ModelProto, dict]:
             q = _quantize_once(prepared, work / "q.onnx", reader, fmt=fmt, per_channel=opts.per_channel,
                                method=method, exclude=exclude)
-            metrics = _compare(ref, _outputs(q, eval_x, batch), kind, labels)
+            metrics = _compare(ref, _outputs(q, eval_x), kind, labels)
             attempts.append({"format": fmt, "calib_method": method, "excluded": len(exclude),
                              "loss_pct": _loss(metrics), **metrics})
             if progress:

@@ -18,7 +18,7 @@ import onnx
 from .errors import ShuffleNetError
 from .onnx_legacy import LegacyUpgradeError, model_opset, upgrade_to_opset7
 
-__all__ = ["RuntimeError_", "Runner", "open_runner", "Classifier", "Prediction", "resolve_model", "agreement"]
+__all__ = ["RuntimeError_", "Runner", "Classifier", "Prediction", "resolve_model", "agreement"]
 
 
 class RuntimeError_(ShuffleNetError, RuntimeError):
@@ -34,6 +34,9 @@ class Runner:
         self.input_names = [i.name for i in model.graph.input
                             if i.name not in {t.name for t in model.graph.initializer}]
         self.output_names = [o.name for o in model.graph.output]
+        dim0 = model.graph.input[0].type.tensor_type.shape.dim[:1]
+        #: the batch size the model was exported with, or None for a dynamic batch
+        self.fixed_batch = dim0[0].dim_value if dim0 and dim0[0].HasField("dim_value") else None
         self._ref = None
         try:
             runnable = upgrade_to_opset7(model)
@@ -55,6 +58,21 @@ class Runner:
             raise RuntimeError_(f"running the model failed: {msg}") from None
 
 
+    def outputs(self, data: np.ndarray, *, step: int = 32) -> np.ndarray:
+        """The first output for a batch of any length: run ``step`` rows at a time (the model's
+        own batch when it is fixed, padding the last chunk with zeros)."""
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        step = self.fixed_batch or max(step, 1)
+        outs = []
+        for start in range(0, len(data), step):
+            chunk = data[start:start + step]
+            n = len(chunk)
+            if self.fixed_batch and n < self.fixed_batch:
+                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
+            outs.append(self.run({self.input_names[0]: chunk})[0][:n])
+        return np.concatenate(outs)
+
+
 def _session(model: onnx.ModelProto, threads: int | None, providers: Sequence[str] | None):
     import onnxruntime as ort
 
@@ -68,14 +86,6 @@ def _session(model: onnx.ModelProto, threads: int | None, providers: Sequence[st
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise RuntimeError_(f"ONNX Runtime cannot load the model: {msg}") from None
-
-
-def open_runner(model: onnx.ModelProto | str | os.PathLike, **kwargs) -> Runner:
-    if not isinstance(model, onnx.ModelProto):
-        from .bundle import load_model_checked
-
-        model = load_model_checked(Path(model))
-    return Runner(model, **kwargs)
 
 
 # --------------------------------------------------------------------------- the Classifier
@@ -181,8 +191,7 @@ class Classifier:
         self.exact = exact
         self.runner = Runner(proto, threads=threads, providers=providers)
         self.input_name = self.runner.input_names[0]
-        dims = proto.graph.input[0].type.tensor_type.shape.dim
-        self.fixed_batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        self.fixed_batch = self.runner.fixed_batch
         out_dims = proto.graph.output[0].type.tensor_type.shape.dim
         self.num_classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else None
         if isinstance(labels, (str, os.PathLike)):
@@ -201,16 +210,7 @@ class Classifier:
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw output (logits or probabilities) for a preprocessed NCHW batch."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self.fixed_batch or len(batch)
-        outs = []
-        for start in range(0, len(batch), max(step, 1)):
-            chunk = batch[start:start + step]
-            n = len(chunk)
-            if self.fixed_batch and n < self.fixed_batch:  # pad a fixed-batch model's last chunk
-                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
-            outs.append(self.runner.run({self.input_name: chunk})[0][:n])
-        return np.concatenate(outs)
+        return self.runner.outputs(batch, step=len(batch))
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a preprocessed float32 NCHW batch."""

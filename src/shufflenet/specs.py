@@ -419,11 +419,6 @@ class Preprocess:
         if not ok:
             raise ValueError(f"invalid preprocessing recipe: {self}")
 
-    def describe(self) -> str:
-        return (f"resize {self.resize} ({self.resize_mode}, {self.interpolation}) -> "
-                f"center crop {self.crop} -> {self.channel_order}/{self.scale:g} -> "
-                f"normalize mean {self.mean} std {self.std}")
-
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
