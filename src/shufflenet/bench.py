@@ -13,7 +13,6 @@ import os
 import resource
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import onnx
 
 from .errors import ShuffleNetError
-from .runtime import IMAGE_SUFFIXES, _model_info, resolve_model
+from .runtime import resolve_model
 
 __all__ = ["BenchError", "BenchRow", "bench", "bench_images", "ort_session"]
 
@@ -186,55 +185,26 @@ def _cpu_name() -> str:
 
 def bench_images(model: str, images: str | os.PathLike, *, batch: int = 8, workers: int = 2,
                  threads: int | None = None, limit: int | None = None, repeat: int = 2) -> dict:
-    """End to end over an image folder: decode + preprocess on ``workers`` threads, overlapped
-    with batched inference. Reports images/s and where the time goes (summed stage times)."""
-    from .preprocess import load_image, preprocess_pil
+    """End to end over an image folder with ``classify``'s pipeline (decode + preprocess on
+    ``workers`` threads, overlapped with batched inference): images/s, best of ``repeat``, and
+    where the time goes (stage seconds, decode and preprocess summed over workers)."""
+    from .runtime import Classifier, expand_inputs, run_files
 
-    proto, _ = resolve_model(model)
-    recipe, _, _ = _model_info(proto)
-    files = sorted(p for p in Path(images).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if limit:
-        files = files[:limit]
+    files, _ = expand_inputs([str(images)])
+    files = files[:limit] if limit else files
     if not files:
         raise BenchError(f"{images}: no images")
-    sess = ort_session(proto, threads)
-    name = sess.get_inputs()[0].name
-    from .preprocess import DRAFT_MARGIN
-
-    draft = DRAFT_MARGIN * recipe.resize
-    stage = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
-
-    def load(p):
-        t0 = time.perf_counter()
-        img = load_image(p, draft_size=draft)
-        t1 = time.perf_counter()
-        x = preprocess_pil(img, recipe)
-        t2 = time.perf_counter()
-        return x, t1 - t0, t2 - t1
-
+    clf = Classifier(model, threads=threads)
     best = None
     for _ in range(repeat):
-        stage = dict.fromkeys(stage, 0.0)
-        preds = []
-        t_start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            chunks = [files[i:i + batch] for i in range(0, len(files), batch)]
-            pending = pool.map(load, chunks[0])
-            for k in range(len(chunks)):
-                loaded = list(pending)
-                if k + 1 < len(chunks):
-                    pending = pool.map(load, chunks[k + 1])
-                for _, d, p in loaded:
-                    stage["decode"] += d
-                    stage["preprocess"] += p
-                t0 = time.perf_counter()
-                out = sess.run(None, {name: np.concatenate([x for x, _, _ in loaded])})[0]
-                stage["inference"] += time.perf_counter() - t0
-                preds += out.argmax(1).tolist()
-        wall = time.perf_counter() - t_start
+        stage: dict[str, float] = {}
+        t0 = time.perf_counter()
+        results = list(run_files(clf, files, top=1, batch_size=batch, workers=workers, timings=stage))
+        wall = time.perf_counter() - t0
         if best is None or wall < best[0]:
-            best = (wall, dict(stage), preds)
-    wall, stage, preds = best
+            best = (wall, stage, results)
+    wall, stage, results = best
     return {"images": len(files), "seconds": wall, "images_per_s": len(files) / wall, "batch": batch,
-            "workers": workers, "threads": threads, "stage_seconds": stage, "predictions": preds,
+            "workers": workers, "threads": threads, "stage_seconds": stage,
+            "predictions": [r.predictions[0].index if r.predictions else None for r in results],
             "files": [str(f) for f in files]}

@@ -203,10 +203,20 @@ class Classifier:
             raise RuntimeError_(f"{len(self.labels)} labels for a model with {self.num_classes} classes")
         self.metadata = {p.key: p.value for p in proto.metadata_props}
 
-    def preprocess(self, image) -> np.ndarray:
-        from .preprocess import preprocess_image
+    def decode(self, image):
+        """A path, bytes or PIL image -> upright RGB PIL image (JPEG draft unless ``exact``)."""
+        from .preprocess import DRAFT_MARGIN, load_image
 
-        return preprocess_image(image, recipe=self.recipe, resize=self.resize, exact=self.exact)
+        return load_image(image, draft_size=None if self.exact else DRAFT_MARGIN * self.recipe.resize)
+
+    def prepare(self, img) -> np.ndarray:
+        """An RGB PIL image -> the model's float32 [1, 3, H, W] input."""
+        from .preprocess import preprocess_pil
+
+        return preprocess_pil(img, self.recipe, resize=self.resize)
+
+    def preprocess(self, image) -> np.ndarray:
+        return self.prepare(self.decode(image))
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw output (logits or probabilities) for a preprocessed NCHW batch."""
@@ -297,22 +307,32 @@ class FileResult:
 
 
 def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_size: int = 16,
-              workers: int | None = None, progress=None, keep_outputs: bool = False):
+              workers: int | None = None, progress=None, keep_outputs: bool = False,
+              timings: dict[str, float] | None = None):
     """Yield one FileResult per path, in order; decoding overlaps inference on a thread pool.
 
-    A file that cannot be read gets ``error`` (the reason) and the others go on.
+    A file that cannot be read gets ``error`` (the reason) and the others go on. ``timings``, when
+    given, accumulates seconds spent in "decode", "preprocess" (summed over workers) and "inference".
     """
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from .preprocess import ImageError
 
     def load(p: Path):
+        t0 = time.perf_counter()
         try:
-            return clf.preprocess(p), None
+            img = clf.decode(p)
+            t1 = time.perf_counter()
+            return clf.prepare(img), None, t1 - t0, time.perf_counter() - t1
         except ImageError as e:
-            return None, str(e)
+            return None, str(e), 0.0, 0.0
         except Exception as e:  # an unexpected decoder failure is still one bad file
-            return None, f"{p}: {type(e).__name__}: {e}"
+            return None, f"{p}: {type(e).__name__}: {e}", 0.0, 0.0
+
+    stage = timings if timings is not None else {}
+    for key in ("decode", "preprocess", "inference"):
+        stage.setdefault(key, 0.0)
 
     workers = workers or min(4, os.cpu_count() or 1)
     done = 0
@@ -323,10 +343,14 @@ def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_siz
             loaded = list(pending)
             if k + 1 < len(chunks):  # decode the next chunk while this one runs
                 pending = pool.map(load, chunks[k + 1])
-            good = [i for i, (x, _) in enumerate(loaded) if x is not None]
-            results = [FileResult(str(p), error=err) for p, (_, err) in zip(chunk, loaded)]
+            good = [i for i, item in enumerate(loaded) if item[0] is not None]
+            results = [FileResult(str(p), error=item[1]) for p, item in zip(chunk, loaded)]
+            stage["decode"] += sum(item[2] for item in loaded)
+            stage["preprocess"] += sum(item[3] for item in loaded)
             if good:
+                t0 = time.perf_counter()
                 raw = clf.outputs(np.concatenate([loaded[i][0] for i in good]))
+                stage["inference"] += time.perf_counter() - t0
                 probs = clf.probabilities_from(raw)
                 for i, preds, row in zip(good, clf.top(probs, top), raw):
                     results[i].predictions = preds
