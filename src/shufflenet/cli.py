@@ -476,15 +476,9 @@ def _add_train(sub) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import QuantizeOptions, quantize
+    from .quantize import QuantizeOptions, parse_percent, quantize
 
-    max_loss = None
-    if args.max_loss is not None:
-        text = args.max_loss.rstrip("%")
-        try:
-            max_loss = float(text)
-        except ValueError:
-            raise _usage(f"--max-loss expects a percentage like 1 or 1%, got {args.max_loss!r}") from None
+    max_loss = None if args.max_loss is None else parse_percent(args.max_loss)
     opts = QuantizeOptions(format=args.format, per_channel=args.per_channel, calib_method=args.calib_method,
                            calib_count=args.calib_count, max_loss=max_loss, seed=args.seed,
                            min_agreement=args.min_agreement)

@@ -56,6 +56,17 @@ class QuantizeOptions:
     measure_latency: bool = True
 
 
+def parse_percent(text: str) -> float:
+    """'1', '1%' or '0.5 %' -> the number; anything else is a QuantizeError."""
+    try:
+        value = float(str(text).strip().rstrip("%").strip())
+    except ValueError:
+        raise QuantizeError(f"expected a percentage like 1 or 1%, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise QuantizeError(f"a percentage must be from 0 to 100, got {text!r}")
+    return value
+
+
 def cpu_has_vnni() -> bool:
     """x86 VNNI (AVX512-VNNI or AVX-VNNI): U8S8 int8 GEMMs run without saturation."""
     try:
