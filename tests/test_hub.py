@@ -249,3 +249,48 @@ def test_weights_torchvision_fetches_verifies_and_exports_without_torch(tmp_path
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["weights_sha256"] == hashlib.sha256(body).hexdigest()
     assert (cache / "torchvision-pth" / ckpt.name).is_file()
+
+
+def test_weights_torchvision_for_the_caffe2_v1_reads_the_zoo_file(tmp_path, cache, monkeypatch):
+    """No torchvision checkpoint exists for the zoo's V1: its published weights are the zoo file."""
+    import hashlib
+
+    import numpy as np
+
+    from shufflenet import specs
+    from shufflenet.onnx_export import export_onnx, save_model
+    from shufflenet.runtime import Runner
+
+    zoo_file = save_model(export_onnx("shufflenet_v1_caffe2", weights="random:8", keep_batchnorm=True, opset=9),
+                          tmp_path / "serve" / "shufflenet-9.onnx")
+    body = zoo_file.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/shufflenet-9.onnx"
+        art = Artifact(name="shufflenet-9", variant="shufflenet_v1_caffe2", kind="zoo-onnx", urls=(url,),
+                       sha256=hashlib.sha256(body).hexdigest(), size=len(body), opset=9)
+        monkeypatch.setattr(specs, "artifacts", lambda: (art,))
+        model = export_onnx("shufflenet_v1_caffe2", weights="torchvision", opset=12)
+    finally:
+        httpd.shutdown()
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    a, b = Runner(model), Runner(onnx_load(zoo_file))
+    assert np.abs(a.run({a.input_names[0]: x})[0] - b.run({b.input_names[0]: x})[0]).max() < 1e-5
+
+
+def onnx_load(path):
+    import onnx
+
+    return onnx.load(str(path))

@@ -130,7 +130,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-WEIGHTS_HELP = ("torchvision | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
+WEIGHTS_HELP = ("torchvision (published weights: torchvision's, or the zoo file for the Caffe2 V1) | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
                 "the same architecture); default random:0")
 
 

@@ -411,9 +411,13 @@ def resolve_weights(
         if str(source) == "torchvision":
             from .hub import fetch
 
-            published = [a for a in spec.pretrained if a.kind == "torchvision-pth"]
+            # the published weights: torchvision's checkpoint, else (the Caffe2 V1) the initializers
+            # of the Model Zoo's newest fp32 file of the same network
+            published = ([a for a in spec.pretrained if a.kind == "torchvision-pth"]
+                         or sorted((a for a in spec.pretrained if a.kind == "zoo-onnx" and not a.quantization),
+                                   key=lambda a: -(a.opset or 0)))
             if not published:
-                raise WeightsError(f"torchvision publishes no weights for {spec.name}")
+                raise WeightsError(f"no published weights exist for {spec.name}; use random or a path")
             source = fetch(published[0])
         path = Path(source)
         run = training_run(path)
