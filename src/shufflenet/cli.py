@@ -348,9 +348,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usage(msg: str):
-    from .errors import ShuffleNetError
-
+def _usage(msg: str) -> ShuffleNetError:
+    """A usage problem the parser cannot see (exit 2, one line)."""
     return ShuffleNetError(msg)
 
 
@@ -588,7 +587,7 @@ def _add_zoo(sub) -> None:
                                     "validated; writes manifest.json (zoo hub keys) and README.md. With "
                                     "--weights random everything runs offline (and is labelled untrained).")
     b.add_argument("--out", required=True)
-    b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP.replace("default random:0", "default random:0"))
+    b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP)
     b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
                                                      "or a comma list of variants")
     b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")
