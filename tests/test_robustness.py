@@ -33,7 +33,8 @@ def test_bf16_checkpoint_loads(tmp_path):
     sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
           for k, v in build_model("shufflenet_v2_x0_5").state_dict().items()}
     torch.save(sd, tmp_path / "bf16.pth")
-    assert build_model("shufflenet_v2_x0_5", weights=tmp_path / "bf16.pth") is not None
+    loaded = build_model("shufflenet_v2_x0_5", weights=tmp_path / "bf16.pth").state_dict()
+    assert torch.equal(loaded["conv5.0.weight"], sd["conv5.0.weight"].float())
 
 
 def test_untrustworthy_preprocessing_metadata_falls_back(tmp_path):

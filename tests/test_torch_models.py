@@ -1,7 +1,6 @@
 """The PyTorch rendering: torchvision parity, checkpoints, round trips, refused pickles."""
 
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -144,4 +143,3 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises((WeightsError, UnsafeFileError), match="broken.pth"):
         build_model("shufflenet_v2_x0_5", weights=p)
-    assert zipfile.is_zipfile(tmp_path / "broken.pth") in (True, False)
