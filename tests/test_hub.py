@@ -1,9 +1,11 @@
 """Verified downloads against a local HTTP server on 127.0.0.1 (never the network)."""
 
+import contextlib
 import hashlib
 import http.server
 import threading
 
+import onnx
 import pytest
 
 from shufflenet import hub
@@ -222,27 +224,12 @@ def test_weights_torchvision_fetches_verifies_and_exports_without_torch(tmp_path
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/{ckpt.name}"
+    with _serve_once(body, ckpt.name) as url:
         art = Artifact(name="torchvision-shufflenet_v2_x0_5", variant="shufflenet_v2_x0_5", kind="torchvision-pth",
                        urls=(url,), sha256_prefix=hashlib.sha256(body).hexdigest()[:10])
         monkeypatch.setattr(specs, "artifacts", lambda: (art,))
         monkeypatch.setitem(sys.modules, "torch", None)  # the base install: no torch
         model = export_onnx("shufflenet_v2_x0_5", weights="torchvision", opset=12)
-    finally:
-        httpd.shutdown()
     r = Runner(model)
     got = r.run({r.input_names[0]: x})[0]
     assert np.abs(got - want).max() < 1e-4
@@ -265,6 +252,20 @@ def test_weights_torchvision_for_the_caffe2_v1_reads_the_zoo_file(tmp_path, cach
                           tmp_path / "serve" / "shufflenet-9.onnx")
     body = zoo_file.read_bytes()
 
+    with _serve_once(body, "shufflenet-9.onnx") as url:
+        art = Artifact(name="shufflenet-9", variant="shufflenet_v1_caffe2", kind="zoo-onnx", urls=(url,),
+                       sha256=hashlib.sha256(body).hexdigest(), size=len(body), opset=9)
+        monkeypatch.setattr(specs, "artifacts", lambda: (art,))
+        model = export_onnx("shufflenet_v1_caffe2", weights="torchvision", opset=12)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    a, b = Runner(model), Runner(onnx.load(str(zoo_file)))
+    assert np.abs(a.run({a.input_names[0]: x})[0] - b.run({b.input_names[0]: x})[0]).max() < 1e-5
+
+
+@contextlib.contextmanager
+def _serve_once(body: bytes, name: str):
+    """A local server returning ``body`` for any path; yields the URL of ``name``."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
@@ -278,19 +279,6 @@ def test_weights_torchvision_for_the_caffe2_v1_reads_the_zoo_file(tmp_path, cach
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/shufflenet-9.onnx"
-        art = Artifact(name="shufflenet-9", variant="shufflenet_v1_caffe2", kind="zoo-onnx", urls=(url,),
-                       sha256=hashlib.sha256(body).hexdigest(), size=len(body), opset=9)
-        monkeypatch.setattr(specs, "artifacts", lambda: (art,))
-        model = export_onnx("shufflenet_v1_caffe2", weights="torchvision", opset=12)
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
     finally:
         httpd.shutdown()
-    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    a, b = Runner(model), Runner(onnx_load(zoo_file))
-    assert np.abs(a.run({a.input_names[0]: x})[0] - b.run({b.input_names[0]: x})[0]).max() < 1e-5
-
-
-def onnx_load(path):
-    import onnx
-
-    return onnx.load(str(path))
