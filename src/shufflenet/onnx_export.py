@@ -233,11 +233,14 @@ def export_onnx(
     labels: list[str] | None = None,
     input_size: int | None = None,
     absorb_shuffle: bool = False,
+    pad_channels: int | None = None,
 ) -> onnx.ModelProto:
     """Build the ONNX model of a registry variant. See ``shufflenet export --help``.
 
     ``weights``: None/"random"/"random:SEED", a weights file path, a zoo/our .onnx of the same
     architecture, or a numpy dict. ``batch`` fixes the batch size (default: dynamic "N").
+    ``pad_channels``: pad branch interiors and the stem to a multiple of this many channels
+    (``optimize.pad_channels``: same outputs, ONNX Runtime's blocked kernels apply).
     """
     spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest_opset():
@@ -261,6 +264,13 @@ def export_onnx(
         from .optimize import absorb_shuffles
 
         graph, w = absorb_shuffles(graph, w)
+    if pad_channels is not None:
+        from . import optimize
+
+        try:
+            graph, w = optimize.pad_channels(graph, w, pad_channels)
+        except ValueError as e:
+            raise ExportError(f"pad_channels: {e}") from None
     rename = {graph.input: in_name, graph.output: out_name}
     em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm, rename=rename, size=size)
     em.emit()
@@ -284,10 +294,14 @@ def export_onnx(
     if size != recipe.crop:  # keep the crop ratio of the recipe (224 of 256 = 0.875)
         recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
     _set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, recipe)
+    extra_meta = {}
     if absorb_shuffle:
-        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                       "channel_shuffle": "absorbed into weights" if not any(
-                                           n.op_type == "Transpose" for n in model.graph.node) else "kept"})
+        extra_meta["channel_shuffle"] = "absorbed into weights" if not any(
+            n.op_type == "Transpose" for n in model.graph.node) else "kept"
+    if pad_channels is not None:
+        extra_meta["channel_padding"] = str(pad_channels)
+    if extra_meta:
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **extra_meta})
     return model
 
 

@@ -1,4 +1,6 @@
-"""Absorb ShuffleNetV2's channel shuffles into weights: no Reshape/Transpose left in the graph.
+"""Graph rewrites that keep the function and change the speed: shuffle absorption, channel padding.
+
+**Absorbing shuffles** (``absorb_shuffles``): no Reshape/Transpose left in the graph.
 
 A V2 unit computes ``T' = shuffle2(concat(A, f(B)))`` where ``A, B = split(T)``. Nothing forces a
 tensor's channels to be stored in their logical order: if every tensor carries a permutation
@@ -22,7 +24,12 @@ import numpy as np
 
 from .specs import Graph, Node
 
-__all__ = ["absorb_shuffles"]
+__all__ = ["absorb_shuffles", "pad_channels", "PAD_MULTIPLE"]
+
+#: ONNX Runtime's blocked (NCHWc) CPU kernels take a convolution only when its channel counts
+#: are multiples of 4, and lay channels out in blocks of 8 (AVX2) or 16 (AVX-512): padding to 16
+#: satisfies all three (docs/bench.md has the measurements).
+PAD_MULTIPLE = 16
 
 
 def _levels(c: int, m: int) -> np.ndarray:
@@ -186,3 +193,98 @@ def _realise(out: str, sources: tuple[str, ...], perm, r: np.ndarray, shapes):
         names.update({(src, s): o for (s, _), o in zip(mine, outs)})
     nodes.append(Node("concat", tuple(names[(src, s)] for src, s, _ in pieces), (out,), MappingProxyType({}), {}))
     return nodes, np.array(order)
+
+
+# --------------------------------------------------------------------------- channel padding
+
+_PER_CHANNEL = ("bn", "relu", "maxpool")  # ops that keep channels apart (so do depthwise convs)
+
+
+def _is_depthwise(n: Node) -> bool:
+    a = n.attrs
+    return n.op == "conv" and a["groups"] > 1 and a["groups"] == a["in_channels"] == a["out_channels"]
+
+
+def pad_channels(graph: Graph, weights: dict[str, np.ndarray],
+                 multiple: int = PAD_MULTIPLE) -> tuple[Graph, dict[str, np.ndarray]]:
+    """(graph, weights) with dead zero channels added where a channel count is not a multiple.
+
+    A *region* starts at a dense convolution's output and follows the ops that keep channels
+    apart (BatchNorm, ReLU, max pooling, depthwise convolutions) up to the dense convolutions or
+    the classifier that read it. Inside a region the channel count is free: the producer gets
+    zero filters, BatchNorm maps the new channels to 0 (scale 0, shift 0), depthwise filters are
+    zero, and the readers get zero weight columns. ReLU(0) = 0 and max pooling over zeros is 0,
+    so every added channel is exactly zero and the outputs are unchanged. A region that reaches
+    a split, concat, shuffle, add, grouped convolution or the graph output is left alone: there
+    the channel order means something (ShuffleNetV2's branch interiors and stem qualify; V1's
+    grouped convolutions and shortcut concats do not).
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
+    consumers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    ends = {graph.output, graph.features}
+    w = dict(weights)
+    changed: dict[int, Node] = {}  # id(original node) -> replacement
+
+    def region(start: str) -> tuple[list[Node], list[Node]] | None:
+        inner, readers, todo = [], [], [start]
+        while todo:
+            t = todo.pop()
+            if t in ends:
+                return None
+            for c in consumers.get(t, []):
+                if c.op in _PER_CHANNEL or _is_depthwise(c):
+                    inner.append(c)
+                    todo.append(c.outputs[0])
+                elif (c.op == "conv" and c.attrs["groups"] == 1) or c.op == "linear":
+                    readers.append(c)
+                else:
+                    return None
+        return inner, readers
+
+    def grow(key: str, extra: int, axis: int, fill: float = 0.0) -> None:
+        a = w[key]
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, extra)
+        w[key] = np.pad(a, pad, constant_values=fill)
+
+    for n in graph.nodes:
+        if n.op != "conv" or n.attrs["groups"] != 1 or n.attrs["out_channels"] % multiple == 0:
+            continue
+        found = region(n.output)
+        if found is None:
+            continue
+        inner, readers = found
+        c = n.attrs["out_channels"]
+        extra = -c % multiple
+        for key in n.params.values():
+            grow(key, extra, 0)
+        changed[id(n)] = _with(changed.get(id(n), n), out_channels=c + extra)
+        for m in inner:
+            if m.op == "bn":
+                for role, key in m.params.items():
+                    if role != "num_batches_tracked":
+                        grow(key, extra, 0, 1.0 if role == "running_var" else 0.0)
+                changed[id(m)] = _with(m, channels=c + extra)
+            elif m.op == "conv":  # depthwise
+                for key in m.params.values():
+                    grow(key, extra, 0)
+                changed[id(m)] = _with(m, in_channels=c + extra, out_channels=c + extra, groups=c + extra)
+        for r in readers:
+            grow(r.params["weight"], extra, 1)
+            base = changed.get(id(r), r)
+            changed[id(r)] = _with(base, **({"in_channels": c + extra} if r.op == "conv" else
+                                            {"in_features": c + extra}))
+    if not changed:
+        return graph, weights
+    nodes = tuple(changed.get(id(n), n) for n in graph.nodes)
+    g = Graph(nodes, graph.input, graph.output, graph.features, graph.num_classes)
+    g.shapes()  # the padded graph must be consistent
+    return g, w
+
+
+def _with(n: Node, **attrs) -> Node:
+    return Node(n.op, n.inputs, n.outputs, MappingProxyType({**n.attrs, **attrs}), n.params)

@@ -171,7 +171,7 @@ def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, bat
                      keep_batchnorm: bool = False, input_name: str | None = None,
                      output_name: str | None = None, num_classes: int | None = None,
                      seed: int | None = None, labels=None, input_size: int | None = None,
-                     absorb_shuffle: bool = False) -> onnx.ModelProto:
+                     absorb_shuffle: bool = False, pad_channels: int | None = None) -> onnx.ModelProto:
     """The ``--via torch`` path: build the PyTorch module, torch.onnx.export it, clean the graph."""
     from .onnx_clean import clean_graph
     from .onnx_export import ExportError, _set_metadata
@@ -181,6 +181,8 @@ def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, bat
         raise ExportError("--keep-batchnorm is not available with --via torch (torch folds BatchNorm)")
     if absorb_shuffle:
         raise ExportError("--absorb-shuffle works on the emitter's graph, not with --via torch")
+    if pad_channels is not None:
+        raise ExportError("--pad-channels works on the emitter's graph, not with --via torch")
     module = build_model(variant, weights=weights, num_classes=num_classes, seed=seed)
     spec = get_spec(variant)
     size = input_size or module.weights_source.input_size or spec.preprocess.crop
