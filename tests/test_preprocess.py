@@ -60,6 +60,19 @@ def test_equals_torchvision_bit_for_bit(size):
     np.testing.assert_array_equal(ours, torchvision_reference(img))
 
 
+@pytest.mark.parametrize("recipe", [Preprocess(resize=224), Preprocess(resize=224, channel_order="BGR", scale=1.0,
+                                                                      mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0)),
+                                    Preprocess(resize=224, mean=(0.5, 0.25, 0.0), std=(0.3, 0.7, 1.9))])
+def test_lookup_normalisation_equals_the_elementwise_form(recipe):
+    """The per-channel table must give the very floats ``(x / scale - mean) / std`` gives."""
+    img = _rgb(224, 224, seed=3)  # no resize, no crop: only the normalisation differs
+    x = np.asarray(img).astype(np.float32) / np.float32(recipe.scale)
+    if recipe.channel_order == "BGR":
+        x = x[..., ::-1]
+    x = (x - np.asarray(recipe.mean, np.float32)) / np.asarray(recipe.std, np.float32)
+    assert preprocess_pil(img, recipe).tobytes() == np.ascontiguousarray(x.transpose(2, 0, 1)[None]).tobytes()
+
+
 def test_resize_232_for_the_large_v2_weights():
     img = _rgb(640, 480)
     np.testing.assert_array_equal(preprocess_image(img, variant="shufflenet_v2_x2_0"),

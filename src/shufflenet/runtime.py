@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +307,10 @@ class FileResult:
     outputs: np.ndarray | None = None  # raw model output row, for evaluation
 
 
+#: chunks decoded ahead of inference in ``run_files``: enough that decoding never waits
+PREFETCH_CHUNKS = 3
+
+
 def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_size: int = 16,
               workers: int | None = None, progress=None, keep_outputs: bool = False,
               timings: dict[str, float] | None = None):
@@ -337,12 +342,20 @@ def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_siz
     workers = workers or min(4, os.cpu_count() or 1)
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
-        pending = pool.map(load, chunks[0]) if chunks else None
-        for k, chunk in enumerate(chunks):
-            loaded = list(pending)
-            if k + 1 < len(chunks):  # decode the next chunk while this one runs
-                pending = pool.map(load, chunks[k + 1])
+        chunks = iter([list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)])
+        window: deque = deque()  # chunks being decoded: the workers never wait for inference
+
+        def submit() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                window.append((chunk, [pool.submit(load, p) for p in chunk]))
+
+        for _ in range(PREFETCH_CHUNKS):
+            submit()
+        while window:
+            chunk, futures = window.popleft()
+            submit()
+            loaded = [f.result() for f in futures]
             good = [i for i, item in enumerate(loaded) if item[0] is not None]
             results = [FileResult(str(p), error=item[1]) for p, item in zip(chunk, loaded)]
             stage["decode"] += sum(item[2] for item in loaded)
