@@ -108,3 +108,37 @@ def test_bad_requests(tmp_path, trained, capsys):
     assert "already quantized" in capsys.readouterr().err
     assert main(["quantize", str(trained["onnx"]), "-o", str(tmp_path / "x.onnx"), "--calib",
                  str(trained["data"]), "--max-loss", "abc"]) == 2
+
+
+def test_stem_stays_fp32_with_pooling_before_relu(tmp_path, images224):
+    """The first Conv keeps float weights, MaxPool runs before ReLU (same numbers), and the first
+    QuantizeLinear reads the ReLU, so ONNX Runtime cannot move it above the pooling."""
+    from shufflenet.quantize import _pool_before_relu, _stem
+
+    fp32 = export_onnx("shufflenet_v2_x0_5", weights="random:1", opset=13)
+    swapped = _pool_before_relu(fp32)
+    assert [n.op_type for n in _stem(swapped)] == ["Conv", "MaxPool", "Relu"]
+    assert [n.op_type for n in _stem(fp32)] == ["Conv", "Relu", "MaxPool"]  # the input is untouched
+    x = images224[:2]
+    assert np.array_equal(Runner(swapped).run({"input": x})[0], Runner(fp32).run({"input": x})[0])
+    save_model(fp32, tmp_path / "f.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    from shufflenet.synthetic import synthetic_images
+
+    for i, img in enumerate(synthetic_images(8, seed=1)):
+        img.save(calib / f"{i}.png")
+    for stem in (True, False):
+        quantize(tmp_path / "f.onnx", tmp_path / "q.onnx", calib,
+                 options=QuantizeOptions(calib_count=8, measure_latency=False, fp32_stem=stem))
+        q = onnx.load(str(tmp_path / "q.onnx"))
+        first = next(n for n in q.graph.node if "input" in n.input)
+        recipe = json.loads({p.key: p.value for p in q.metadata_props}["quantization"])
+        if stem:
+            assert first.op_type == "Conv" and first.input[1] in {t.name for t in q.graph.initializer}
+            assert next(t for t in q.graph.initializer if t.name == first.input[1]).data_type == onnx.TensorProto.FLOAT
+            quant = next(n for n in q.graph.node if n.op_type == "QuantizeLinear")
+            producer = next(n for n in q.graph.node if quant.input[0] in n.output)
+            assert producer.op_type == "Relu" and len(recipe["fp32_stem"]) == 3
+        else:
+            assert first.op_type == "QuantizeLinear" and recipe["fp32_stem"] == []
