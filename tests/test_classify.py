@@ -145,3 +145,22 @@ def test_evaluate_image_folder_and_label_file(models, tmp_path):
     assert layout == "image folder" and sorted(s.label for s in samples) == [1, 1, 3, 3] and not skipped
     report = evaluate(str(models["v2"]), tmp_path / "flat", label_file=tmp_path / "val.txt", limit=3)
     assert report.layout == "label file" and report.images == 3
+
+
+@pytest.mark.parametrize("threads", [1, 2])  # 1: workers decode and run whole chunks; 2: main thread infers
+def test_run_files_keeps_order_errors_and_answers(models, mixed_folder, threads):
+    from shufflenet.runtime import expand_inputs, run_files
+
+    files, _ = expand_inputs([str(mixed_folder)])
+    files = files * 3  # several chunks in flight at once
+    clf = Classifier(str(models["v2"]), threads=threads)
+    timings = {}
+    results = list(run_files(clf, files, top=2, batch_size=2, workers=2, keep_outputs=True, timings=timings))
+    assert [r.path for r in results] == [str(f) for f in files]
+    broken = [r for r in results if r.error]
+    assert broken and all(r.predictions is None for r in broken)
+    assert len(broken) == 3 * sum(1 for r in results[:len(files) // 3] if r.error)
+    for r in results:
+        if r.error is None:
+            assert [p.index for p in r.predictions] == [p.index for p in clf.predict(r.path, top=2)]
+    assert timings["decode"] > 0 and timings["inference"] > 0

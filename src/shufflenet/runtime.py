@@ -39,6 +39,7 @@ class Runner:
         #: the batch size the model was exported with, or None for a dynamic batch
         self.fixed_batch = dim0[0].dim_value if dim0 and dim0[0].HasField("dim_value") else None
         self._ref = None
+        self.threads = threads  # intra-op threads asked for (None: ONNX Runtime's default)
         try:
             runnable = upgrade_to_opset7(model)
             self.engine = "onnxruntime" if runnable is model else "onnxruntime (exact upgraded copy at opset 7)"
@@ -314,7 +315,8 @@ PREFETCH_CHUNKS = 3
 def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_size: int = 16,
               workers: int | None = None, progress=None, keep_outputs: bool = False,
               timings: dict[str, float] | None = None):
-    """Yield one FileResult per path, in order; decoding overlaps inference on a thread pool.
+    """Yield one FileResult per path, in order; decoding overlaps inference on a thread pool
+    (with a one-thread session, each worker decodes and runs whole chunks).
 
     A file that cannot be read gets ``error`` (the reason) and the others go on. ``timings``, when
     given, accumulates seconds spent in "decode", "preprocess" (summed over workers) and "inference".
@@ -340,30 +342,49 @@ def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_siz
         stage.setdefault(key, 0.0)
 
     workers = workers or min(4, os.cpu_count() or 1)
+    # one-thread inference: each worker decodes *and* runs its own chunk, so every core does the
+    # whole job and no thread waits for another; otherwise the workers decode ahead while this
+    # thread runs the multi-threaded session
+    whole_chunks = getattr(clf.runner, "threads", None) == 1
+
+    def infer(loaded):
+        good = [i for i, item in enumerate(loaded) if item[0] is not None]
+        if not good:
+            return good, None, 0.0
+        t0 = time.perf_counter()
+        raw = clf.outputs(np.concatenate([loaded[i][0] for i in good]))
+        return good, raw, time.perf_counter() - t0
+
+    def job(chunk):
+        loaded = [load(p) for p in chunk]
+        return (loaded, *infer(loaded))
+
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         chunks = iter([list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)])
-        window: deque = deque()  # chunks being decoded: the workers never wait for inference
+        window: deque = deque()  # chunks in flight: the workers never wait for this thread
 
         def submit() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                window.append((chunk, [pool.submit(load, p) for p in chunk]))
+                window.append((chunk, pool.submit(job, chunk) if whole_chunks else
+                               [pool.submit(load, p) for p in chunk]))
 
-        for _ in range(PREFETCH_CHUNKS):
+        for _ in range(max(PREFETCH_CHUNKS, workers + 1)):
             submit()
         while window:
-            chunk, futures = window.popleft()
+            chunk, pending = window.popleft()
             submit()
-            loaded = [f.result() for f in futures]
-            good = [i for i, item in enumerate(loaded) if item[0] is not None]
-            results = [FileResult(str(p), error=item[1]) for p, item in zip(chunk, loaded)]
+            if whole_chunks:
+                loaded, good, raw, seconds = pending.result()
+            else:
+                loaded = [f.result() for f in pending]
+                good, raw, seconds = infer(loaded)
             stage["decode"] += sum(item[2] for item in loaded)
             stage["preprocess"] += sum(item[3] for item in loaded)
+            stage["inference"] += seconds
+            results = [FileResult(str(p), error=item[1]) for p, item in zip(chunk, loaded)]
             if good:
-                t0 = time.perf_counter()
-                raw = clf.outputs(np.concatenate([loaded[i][0] for i in good]))
-                stage["inference"] += time.perf_counter() - t0
                 probs = clf.probabilities_from(raw)
                 for i, preds, row in zip(good, clf.top(probs, top), raw):
                     results[i].predictions = preds
