@@ -219,7 +219,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         for item, why in problems:
             print(f"shufflenet classify: {item}: {why}", file=sys.stderr)
         return 2
-    clf = Classifier(args.model, threads=args.threads, labels=args.labels, resize=args.resize,
+    # many files: one-thread sessions, every core decodes and runs its own chunks (run_files)
+    threads = args.threads or (1 if len(files) > args.batch_size else None)
+    clf = Classifier(args.model, threads=threads, labels=args.labels, resize=args.resize,
                      exact=args.exact)
     bar = _Bar("classify", args.quiet or args.json or len(files) < 20)
     results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
@@ -253,7 +255,9 @@ def _add_model_args(p, *, model_required: bool = False) -> None:
     p.add_argument("--model", default="shufflenet_v2_x1_0", required=model_required,
                    help="a .onnx path, a zoo artifact (shufflenet-v2-12 ...), a variant (pretrained, "
                         "fetched when not cached) or VARIANT:random[:SEED] (default shufflenet_v2_x1_0)")
-    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=_positive_int,
+                   help="ONNX Runtime intra-op threads (classify default: 1 per session when there are "
+                        "more files than one batch, so every core decodes and runs its own batches)")
     p.add_argument("--resize", choices=["shorter", "square"],
                    help="shorter: shorter side to 256 (torchvision); square: whole image to 256x256 "
                         "(the zoo notebook); default: the model's own")
