@@ -421,7 +421,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
 
         def attempt(method: str, exclude: list[str], fmt: str = opts.format) -> tuple[onnx.ModelProto, dict]:
             q = _quantize_once(prepared, work / "q.onnx", reader, fmt=fmt, per_channel=opts.per_channel,
-                               method=method, exclude=fp32_nodes + exclude)
+                               method=method, exclude=sorted(set(fp32_nodes) | set(exclude)))
             metrics = _compare(ref, _outputs(q, eval_x), kind, labels)
             attempts.append({"format": fmt, "calib_method": method, "excluded": len(exclude),
                              "loss_pct": _loss(metrics), **metrics})
