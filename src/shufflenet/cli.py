@@ -137,6 +137,7 @@ WEIGHTS_HELP = ("torchvision (published weights: torchvision's, or the zoo file 
 
 def _add_export(sub) -> None:
     from .onnx_export import DEFAULT_OPSET, MIN_OPSET, newest_opset
+    from .optimize import PAD_MULTIPLE
 
     p = sub.add_parser("export", help="write a variant as ONNX at any opset (optionally a zoo-style bundle)",
                        description="Write a registry variant as ONNX, directly from its description "
@@ -160,8 +161,9 @@ def _add_export(sub) -> None:
     p.add_argument("--absorb-shuffle", action="store_true",
                    help="V2: absorb the channel shuffles into weight permutations (no Reshape/Transpose; "
                         "1.14x/1.40x faster on OpenVINO f32/bf16 here, no change on ONNX Runtime)")
-    p.add_argument("--pad-channels", type=_positive_int, nargs="?", const=16, metavar="N",
-                   help="pad branch interiors and the stem with zero channels to a multiple of N (default 16) "
+    p.add_argument("--pad-channels", type=_positive_int, nargs="?", const=PAD_MULTIPLE, metavar="N",
+                   help=f"pad branch interiors and the stem with zero channels to a multiple of N "
+                        f"(default {PAD_MULTIPLE}) "
                         "so ONNX Runtime's blocked CPU kernels apply: same outputs, V2 x1.0 1.16x faster "
                         "on ONNX Runtime here (docs/bench.md)")
     p.add_argument("--input-size", type=_positive_int,

@@ -32,6 +32,20 @@ __all__ = ["absorb_shuffles", "pad_channels", "PAD_MULTIPLE"]
 PAD_MULTIPLE = 16
 
 
+def _consumers(graph: Graph) -> dict[str, list[Node]]:
+    """tensor -> the nodes that read it, in graph order."""
+    readers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n)
+    return readers
+
+
+def _is_depthwise(n: Node) -> bool:
+    a = n.attrs
+    return n.op == "conv" and a["groups"] > 1 and a["groups"] == a["in_channels"] == a["out_channels"]
+
+
 def _levels(c: int, m: int) -> np.ndarray:
     """r[p]: for how many of the next ``m`` units logical channel p stays in the pass-through half."""
     r = np.zeros(c, dtype=np.int64)
@@ -49,10 +63,7 @@ def _levels(c: int, m: int) -> np.ndarray:
 def absorb_shuffles(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
     """(graph without shuffles, permuted weights), or the inputs unchanged for other graphs."""
     by_out = {o: n for n in graph.nodes for o in n.outputs}
-    consumers: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(graph)
     shuffles = [n for n in graph.nodes if n.op == "shuffle"]
     if not shuffles or any(s.attrs["groups"] != 2 or by_out[s.inputs[0]].op != "concat"
                            or len(by_out[s.inputs[0]].inputs) != 2 for s in shuffles):
@@ -109,7 +120,7 @@ def absorb_shuffles(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph
                     if "bias" in n.params:
                         permute_param(n.params["bias"], out)
                     perm[n.output] = out
-            elif n.attrs["groups"] == n.attrs["in_channels"] == n.attrs["out_channels"]:  # depthwise
+            elif _is_depthwise(n):
                 if p_in is not None:
                     permute_param(wk, p_in)
                     if "bias" in n.params:
@@ -200,11 +211,6 @@ def _realise(out: str, sources: tuple[str, ...], perm, r: np.ndarray, shapes):
 _PER_CHANNEL = ("bn", "relu", "maxpool")  # ops that keep channels apart (so do depthwise convs)
 
 
-def _is_depthwise(n: Node) -> bool:
-    a = n.attrs
-    return n.op == "conv" and a["groups"] > 1 and a["groups"] == a["in_channels"] == a["out_channels"]
-
-
 def pad_channels(graph: Graph, weights: dict[str, np.ndarray],
                  multiple: int = PAD_MULTIPLE) -> tuple[Graph, dict[str, np.ndarray]]:
     """(graph, weights) with dead zero channels added where a channel count is not a multiple.
@@ -221,10 +227,7 @@ def pad_channels(graph: Graph, weights: dict[str, np.ndarray],
     """
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
-    consumers: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(graph)
     ends = {graph.output, graph.features}
     w = dict(weights)
     changed: dict[int, Node] = {}  # id(original node) -> replacement

@@ -345,7 +345,7 @@ def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_siz
     # one-thread inference: each worker decodes *and* runs its own chunk, so every core does the
     # whole job and no thread waits for another; otherwise the workers decode ahead while this
     # thread runs the multi-threaded session
-    whole_chunks = getattr(clf.runner, "threads", None) == 1
+    whole_chunks = clf.runner.threads == 1
 
     def infer(loaded):
         good = [i for i, item in enumerate(loaded) if item[0] is not None]
