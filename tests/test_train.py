@@ -111,3 +111,28 @@ def test_ddp_two_processes_end_with_identical_weights(tiny, tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["ddp"]["world_size"] == 2 and summary["ddp"]["identical_weights"] is True
     assert len(set(summary["ddp"]["digests"])) == 1
+
+
+def test_demo_difficulties_and_default_input_size(tmp_path):
+    from shufflenet.demo_data import DIFFICULTIES, demo_image
+    from shufflenet.train import default_img_size, find_images
+
+    assert DIFFICULTIES == ("easy", "normal", "hard")
+    for d in DIFFICULTIES:  # each a pure function of its arguments
+        assert demo_image("star", 3, 48, d).tobytes() == demo_image("star", 3, 48, d).tobytes()
+    info = make_demo_data(tmp_path / "d", classes=2, per_class=3, size=72)
+    assert info["difficulty"] == "normal"
+    _, samples, _ = find_images(tmp_path / "d")
+    assert default_img_size(samples) == 72  # small images are not upscaled to 224
+    assert default_img_size([]) == 224
+
+
+def test_cli_prints_one_line_per_epoch_as_it_ends(tiny, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r"), "--epochs", "2", "--batch-size", "8",
+                 "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [ln for ln in lines if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in epochs] == ["1/2", "2/2"]
+    assert all("val loss" in ln and "eta" in ln for ln in epochs)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["img_size"] == 40 and config["ema"] == 0.99  # resolved from the 40 px images; EMA on

@@ -393,7 +393,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _add_demo_data(sub) -> None:
-    from .demo_data import CLASSES
+    from .demo_data import CLASSES, DIFFICULTIES
 
     p = sub.add_parser("demo-data", help="generate an offline ImageFolder dataset of drawn objects",
                        description="Writes DIR/train/<class>/ and DIR/val/<class>/ JPEGs of "
@@ -401,11 +401,12 @@ def _add_demo_data(sub) -> None:
                                    "deterministically from --seed.")
     p.add_argument("dir")
     p.add_argument("--classes", type=_positive_int, default=10, help=f"2..{len(CLASSES)} (default 10)")
-    p.add_argument("--per-class", type=_positive_int, default=100, help="images per class, 20%% held out (default 100)")
-    p.add_argument("--size", type=_positive_int, default=224, help="image side in pixels (default 224)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--difficulty", choices=["easy", "normal"], default="normal",
-                   help="easy: one light object on a dark background (quick checks); normal: colour, "
+    p.add_argument("--per-class", type=_positive_int, default=500, help="images per class, 20%% held out (default 500)")
+    p.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--difficulty", choices=DIFFICULTIES, default="normal",
+                   help="easy: a grey object on a dark background (quick checks); normal (default): light "
+                        "on dark or dark on light, random hues, learnable in minutes; hard: random colours, "
                         "clutter, textures, blur, JPEG noise")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_demo_data)
@@ -419,8 +420,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise _usage("--data and -o RUN are required (or --resume RUN)")
         given = {k: v for k, v in vars(args).items() if v is not None and k != "out"}
         cfg = TrainConfig.from_dict({**given, "out": args.output})
-    state = {"epoch": -1}
+    state = {"epoch": -1, "seconds": []}
     bar = _Bar("train", args.quiet)
+    report = int(os.environ.get("RANK", "0")) == 0 and not args.json  # under torchrun, rank 0 reports
 
     def progress(epoch, step, steps, loss):
         if state["epoch"] != epoch:
@@ -429,22 +431,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
             bar.label, bar.last = f"epoch {epoch + 1}", -1
         bar(step, steps)
 
-    result = (resume(args.resume, epochs=args.epochs, progress=progress) if args.resume
-              else train(cfg, progress=progress))
+    def on_epoch(h, epochs):  # one line per epoch as it ends, flushed: visible in logs and pipes
+        bar.close()
+        bar.last = -1
+        state["seconds"].append(h["seconds"])
+        eta = (epochs - h["epoch"]) * sum(state["seconds"]) / len(state["seconds"])
+        if report:
+            val = "-" if h["val_acc"] is None else f"loss {h['val_loss']:.3f} acc {h['val_acc']:.1f}%"
+            print(f"epoch {h['epoch']:3d}/{epochs}  train loss {h['train_loss']:.3f} acc {h['train_acc']:.1f}%  "
+                  f"val {val}  lr {h['lr']:.3g}  {h['seconds']:.1f}s  eta {eta:.0f}s", flush=True)
+
+    result = (resume(args.resume, epochs=args.epochs, progress=progress, on_epoch=on_epoch) if args.resume
+              else train(cfg, progress=progress, on_epoch=on_epoch))
     bar.close()
     if args.json:
         _print_json({"run": str(result.run), "best_val_acc": result.best_val_acc, "final_val_acc": result.final_val_acc,
                      "epochs": result.epochs_done, "interrupted": result.interrupted, "seconds": result.seconds,
                      "history": result.history, "ddp": result.ddp})
-    elif int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
-        for h in result.history:
-            val = "-" if h["val_acc"] is None else f"{h['val_acc']:.1f}%"
-            print(f"epoch {h['epoch']:3d}  loss {h['train_loss']:.3f}  train {h['train_acc']:.1f}%  val {val}  "
-                  f"lr {h['lr']:.3g}  {h['seconds']:.1f}s")
+    elif report:
         if result.interrupted:
             print(f"interrupted: resume with `shufflenet train --resume {result.run}`")
         else:
-            print(f"run {result.run}: best val {result.best_val_acc}%; export with "
+            print(f"run {result.run}: best val {result.best_val_acc}% in {result.seconds:.0f}s; export with "
                   f"`shufflenet export {result.variant} --weights {result.run}/best -o model.onnx`")
     return 130 if result.interrupted else 0
 
@@ -460,16 +468,17 @@ def _add_train(sub) -> None:
     p.add_argument("-o", "--output", help="the run folder (must be new or empty)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
     p.add_argument("--pretrained", help="torchvision | PATH: start from these weights, new head for the classes")
-    p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--img-size", type=_positive_int, help="train crop size (default 224)")
+    p.add_argument("--epochs", type=_positive_int, help="(default 20)")
+    p.add_argument("--batch-size", type=_positive_int, help="(default 64)")
+    p.add_argument("--img-size", type=_positive_int,
+                   help="train crop size (default 224, or the images' shorter side when smaller)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.2 scratch / 0.02 fine-tune)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.1 scratch / 0.01 fine-tune; AdamW 3e-3 / 3e-4)")
     p.add_argument("--weight-decay", type=float, help="not applied to BN and biases")
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--grad-clip", type=float)
-    p.add_argument("--ema", type=float, help="EMA decay, e.g. 0.999 (evaluation and best weights use it)")
+    p.add_argument("--ema", type=float, help="EMA decay of weights and BN statistics; evaluation and best weights use it (default 0.99; 0 disables)")
     p.add_argument("--freeze-backbone-epochs", type=int)
     p.add_argument("--amp", choices=["off", "bf16", "auto"])
     p.add_argument("--workers", type=int, help="DataLoader worker processes")

@@ -28,6 +28,7 @@ from .specs import Graph, VariantSpec, get_spec
 __all__ = [
     "WeightSource",
     "random_weights",
+    "init_weights",
     "load_weights",
     "save_weights",
     "conform",
@@ -75,6 +76,32 @@ def random_weights(variant: str | VariantSpec, *, seed: int = 0, num_classes: in
             arr = rng.normal(0.0, 0.05, p.shape)
         out[key] = arr.astype(np.float32)
     calibrate(graph, out, rng)
+    return out
+
+
+def init_weights(variant: str | VariantSpec, *, seed: int = 0, num_classes: int = 1000) -> Weights:
+    """Seeded weights to start training from: He-normal (fan-out) convolutions, identity
+    BatchNorm (weight 1, bias 0, running mean 0, variance 1), a small-normal classifier.
+
+    ``random_weights`` imitates a *trained* network (for exports and numerics tests); started
+    from, its random BN affines and wide classifier slow training from scratch by many epochs.
+    """
+    spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
+    rng = np.random.default_rng(seed)
+    out: Weights = {}
+    for key, p in spec.graph(num_classes).param_table().items():
+        if p.role == "num_batches_tracked":
+            out[key] = np.array(0, dtype=np.int64)
+            continue
+        if p.op == "conv" and p.role == "weight":  # fan-out (out x kh x kw), as torchvision's ResNet
+            arr = rng.normal(0.0, np.sqrt(2.0 / (p.shape[0] * int(np.prod(p.shape[2:])))), p.shape)
+        elif p.op == "linear" and p.role == "weight":
+            arr = rng.normal(0.0, 0.01, p.shape)
+        elif p.role in ("weight", "running_var"):  # BN scale and variance
+            arr = np.ones(p.shape)
+        else:  # biases and running means
+            arr = np.zeros(p.shape)
+        out[key] = arr.astype(np.float32)
     return out
 
 
