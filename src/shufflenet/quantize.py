@@ -360,8 +360,12 @@ def _latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, runs: int = 150) -> d
 
 def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: str | os.PathLike, *,
              options: QuantizeOptions | None = None, eval_data: str | os.PathLike | None = None,
-             plot: str | os.PathLike | None = None, progress=None) -> QuantReport:
-    """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad."""
+             plot: str | os.PathLike | None = None, progress=None,
+             label_file: str | os.PathLike | None = None) -> QuantReport:
+    """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad.
+
+    ``eval_data`` is a labelled folder in any of :func:`shufflenet.evaluate.discover`'s layouts;
+    ``label_file`` ('filename index' per line) labels a flat one."""
     from .bundle import load_model_checked
     from .evaluate import discover
     from .weights import atomic_write
@@ -394,12 +398,14 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
 
     labels = None
     if eval_data is not None:
-        samples, _, _ = discover(eval_data, labels=clf.labels)
+        samples, _, _ = discover(eval_data, labels=clf.labels, label_file=label_file)
         samples = samples[:opts.eval_count]
         if not samples:
             raise QuantizeError(f"{eval_data}: no labelled images")
         eval_x, kept = _batch(clf, [s.path for s in samples])
         labels = np.array([samples[i].label for i in kept])
+    elif label_file is not None:
+        raise QuantizeError("a label file labels --eval-data; give --eval-data too")
     else:  # no labels: top-1 agreement with fp32 on images not used for calibration, if any
         eval_x = _batch(clf, held_out[:opts.eval_count])[0] if held_out else calib_data
     ref = _outputs(fp32, eval_x)

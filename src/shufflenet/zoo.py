@@ -120,10 +120,12 @@ def _synthetic_calibration(folder: Path, count: int, seed: int) -> Path:
 
 def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | list[str] = "zoo",
           calib: str | os.PathLike | None = None, eval_data: str | os.PathLike | None = None,
-          test_data: int = 3, progress=None) -> dict:
+          test_data: int = 3, progress=None, label_file: str | os.PathLike | None = None) -> dict:
     """Build the artifacts into ``out``; returns the summary (also written as manifest + README)."""
     from .evaluate import evaluate
 
+    if label_file is not None and eval_data is None:
+        raise ZooError("a label file labels --eval-data; give --eval-data too")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = plan(variants)
@@ -145,7 +147,8 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
                         raise ZooError(f"its fp32 source {art.source} was not built")
                     qpath = Path(tmp) / f"{art.name}.onnx"
                     report = quantize(src.onnx_path, qpath, calib_dir, options=QuantizeOptions(
-                        format=art.quant, measure_latency=False), eval_data=eval_data)
+                        format=art.quant, measure_latency=False), eval_data=eval_data,
+                        label_file=label_file)
                     model = onnx.load(str(qpath))
                     result.info["quantization"] = report.recipe
                     result.info["fidelity"] = report.metrics
@@ -163,7 +166,7 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
                 result.info["io_ports"] = _io_ports(model)
                 result.info["opset"] = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
                 if eval_data is not None:
-                    ev = evaluate(str(result.onnx_path), eval_data)
+                    ev = evaluate(str(result.onnx_path), eval_data, label_file=label_file)
                     result.info["top1"], result.info["top5"] = ev.top1, ev.top5
                 result.ok = True
             except (ShuffleNetError, OSError, ValueError, RuntimeError) as e:
