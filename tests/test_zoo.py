@@ -20,6 +20,7 @@ def built(tmp_path_factory):
     return out, rc
 
 
+@pytest.mark.slow
 def test_reduced_build_validates_end_to_end(built):
     out, rc = built
     assert rc == 0
@@ -34,6 +35,7 @@ def test_reduced_build_validates_end_to_end(built):
     assert "BatchNormalization" in {n.op_type for n in onnx.load(str(out / "shufflenet-9.onnx")).graph.node}
 
 
+@pytest.mark.slow
 def test_manifest_has_the_zoo_keys_and_true_hashes(built):
     out, _ = built
     manifest = json.loads((out / "manifest.json").read_text())
@@ -64,6 +66,7 @@ def test_plan_and_bad_names():
         plan(["shufflenet-99"])
 
 
+@pytest.mark.slow
 def test_one_failed_artifact_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
     import shufflenet.zoo as zoo
 
