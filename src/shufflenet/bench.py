@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import ShuffleNetError
+from .errors import ShuffleNetError, install_hint
 from .runtime import resolve_model
 
 __all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "ort_session"]
@@ -72,7 +72,7 @@ class _Runner:
             try:
                 import openvino as ov
             except ImportError:
-                raise BenchError("the openvino backend needs the extra: pip install 'shufflenet[openvino]'") from None
+                raise BenchError(f"the openvino backend needs the extra: {install_hint('openvino')}") from None
             core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
             if precision:  # OpenVINO's own default on AVX512-BF16 CPUs is bf16: always say which ran

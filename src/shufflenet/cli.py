@@ -580,7 +580,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         if not result.ok and not args.json:
             sys.stderr.write(f"\nshufflenet zoo: {result.artifact.name} failed: {result.error}\n")
 
-    summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib,
+    summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib, force=args.force,
                     eval_data=args.eval_data, label_file=args.label_file, progress=progress)
     bar.close()
     if args.json:
@@ -601,7 +601,9 @@ def _add_zoo(sub) -> None:
                                     "the int8 (QOperator) and QDQ V2, each .onnx + .tar.gz with test data, "
                                     "validated; writes manifest.json (zoo hub keys) and README.md. With "
                                     "--weights random everything runs offline (and is labelled untrained).")
-    b.add_argument("--out", required=True)
+    b.add_argument("-o", "--out", required=True, help="the folder to build into (must be new or empty)")
+    b.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder as a whole (swapped in when the build is done)")
     b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP)
     b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
                                                      "or a comma list of variants")
