@@ -47,3 +47,22 @@ def test_openvino_backend_when_installed(models):
     pytest.importorskip("openvino")
     rows = bench(models[1:], runs=2, warmup=1, backend="openvino", precision="f32")["rows"]
     assert rows[0].precision == "f32"
+
+
+def test_end_to_end_several_models_and_batches(models, tmp_path, capsys):
+    """`bench A B --batch 1,8 --images DIR`: every model end to end at every batch size."""
+    from shufflenet.bench import bench_images_many
+    from shufflenet.synthetic import synthetic_images
+
+    for i, img in enumerate(synthetic_images(5, seed=3)):
+        img.save(tmp_path / f"{i}.jpg")
+    rows = bench_images_many(models, tmp_path, batches=(1, 4), repeat=1)
+    assert [(r["model"], r["batch"]) for r in rows] == [(models[0], 1), (models[1], 1), (models[0], 4), (models[1], 4)]
+    assert all(r["images"] == 5 and len(r["predictions"]) == 5 and r["images_per_s"] > 0 for r in rows)
+    assert rows[0]["predictions"] == rows[2]["predictions"]  # the batch size changes no answer
+    assert main(["bench", *models, "--batch", "1,2", "--images", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(d["model"], d["batch"]) for d in data] == [(models[0], 1), (models[1], 1), (models[0], 2), (models[1], 2)]
+    assert main(["bench", *models, "--images", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "m9.onnx" in out and "m17.onnx" in out

@@ -45,4 +45,15 @@ def test_commands_that_need_torch_say_so_without_it(monkeypatch, tmp_path, capsy
     assert main(["train", "--data", str(tmp_path / "d"), "-o", str(tmp_path / "r")]) == 2
     assert main(["export", "shufflenet_v2_x0_5", "--via", "torch", "-o", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
-    assert err.count("pip install") == 2 and "Traceback" not in err
+    assert err.count("pip install 'shufflenet[torch]'") == 2 and "Traceback" not in err
+    assert err.count("pip install -e '.[torch]'") == 2  # from a checkout, too
+    assert len(err.strip().splitlines()) == 2
+
+
+def test_dir_shows_the_public_api():
+    import shufflenet
+
+    listed = dir(shufflenet)
+    for name in ("Classifier", "export_onnx", "build_model", "resolve_model", "preprocess_image", "get_spec"):
+        assert name in listed and getattr(shufflenet, name)
+    assert not [n for n in listed if n.startswith("_") and n != "__version__"]

@@ -65,6 +65,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, suffix):
         assert torch.equal(model(x), again(x))
 
 
+@pytest.mark.slow
 def test_every_variant_builds_and_runs():
     x = _x(n=1, size=64)
     for name in list_variants():

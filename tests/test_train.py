@@ -40,6 +40,7 @@ def test_demo_data_is_deterministic_and_well_formed(tmp_path):
         make_demo_data(tmp_path / "d", classes=99)
 
 
+@pytest.mark.slow
 def test_training_learns_well_above_chance(trained, tmp_path):
     """4 classes (chance 25%): ShuffleNetV2 x0.5 from scratch, 56 px, 30 epochs of 320 images, EMA.
     Measured here: 70% on the 160 held-out images in ~26 s on 2 cores (see docs/training.md)."""
@@ -99,6 +100,7 @@ def test_bad_requests_are_clear_errors(tiny, tmp_path, capsys):
     assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r2"), "--variant", "nope"]) == 2
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights(tiny, tmp_path):
     # --standalone: torchrun picks its own free port (no race with a port chosen here); gloo on
     # the loopback interface, which exists in every sandbox

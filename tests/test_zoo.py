@@ -20,6 +20,7 @@ def built(tmp_path_factory):
     return out, rc
 
 
+@pytest.mark.slow
 def test_reduced_build_validates_end_to_end(built):
     out, rc = built
     assert rc == 0
@@ -34,6 +35,7 @@ def test_reduced_build_validates_end_to_end(built):
     assert "BatchNormalization" in {n.op_type for n in onnx.load(str(out / "shufflenet-9.onnx")).graph.node}
 
 
+@pytest.mark.slow
 def test_manifest_has_the_zoo_keys_and_true_hashes(built):
     out, _ = built
     manifest = json.loads((out / "manifest.json").read_text())
@@ -64,6 +66,7 @@ def test_plan_and_bad_names():
         plan(["shufflenet-99"])
 
 
+@pytest.mark.slow
 def test_one_failed_artifact_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
     import shufflenet.zoo as zoo
 
@@ -78,3 +81,33 @@ def test_one_failed_artifact_does_not_stop_the_others(tmp_path, monkeypatch, cap
     summary = zoo.build(tmp_path, weights="random:0", variants=["shufflenet-v2-10", "shufflenet-9"])
     assert summary["built"] == ["shufflenet-9"] and summary["failed"][0][0] == "shufflenet-v2-10"
     assert "simulated failure" in (tmp_path / "README.md").read_text()
+
+
+def test_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys, monkeypatch):
+    import shufflenet.zoo as zoo
+
+    out = tmp_path / "zoo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["zoo", "build", "-o", str(out), "--variants", "shufflenet-9"]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
+
+    def fake(staging, items, **kw):  # the build itself is tested above (slow tier)
+        (staging / "manifest.json").write_text("[]")
+        return {"out": str(staging), "built": [i.name for i in items], "failed": [], "seconds": 0.0}
+
+    monkeypatch.setattr(zoo, "_build_into", fake)
+    summary = zoo.build(out, variants=["shufflenet-9"], force=True)
+    assert summary["out"] == str(out) and summary["manifest"] == str(out / "manifest.json")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # replaced as a whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]  # no staging or old copy left
+
+    def broken(staging, items, **kw):
+        (staging / "half.onnx").write_text("x")
+        raise ZooError("interrupted")
+
+    monkeypatch.setattr(zoo, "_build_into", broken)
+    with pytest.raises(ZooError):
+        zoo.build(out, variants=["shufflenet-9"], force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # untouched by a failed build
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]

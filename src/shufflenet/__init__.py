@@ -38,6 +38,8 @@ __all__ = [
     "preprocess_image",
     "Classifier",
     "export_onnx",
+    "resolve_model",
+    "QuantizeOptions",
 ]
 
 # Heavier entry points load on first use (onnxruntime, Pillow): `import shufflenet` stays cheap.
@@ -45,6 +47,8 @@ _LAZY = {
     "preprocess_image": ("preprocess", "preprocess_image"),
     "Classifier": ("runtime", "Classifier"),
     "export_onnx": ("onnx_export", "export_onnx"),
+    "resolve_model": ("runtime", "resolve_model"),
+    "QuantizeOptions": ("quantize", "QuantizeOptions"),
 }
 
 
@@ -55,6 +59,11 @@ def __getattr__(name: str):
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 'shufflenet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (lazy entry points included), so ``dir(shufflenet)`` and completion show it."""
+    return sorted(set(__all__) | {"__version__"})
 
 
 def build_model(name: str, *, weights=None, num_classes: int | None = None, seed: int | None = None):

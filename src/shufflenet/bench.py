@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import ShuffleNetError
+from .errors import ShuffleNetError, install_hint
 from .runtime import resolve_model
 
-__all__ = ["BenchError", "BenchRow", "bench", "bench_images", "ort_session"]
+__all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "ort_session"]
 
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -72,7 +72,7 @@ class _Runner:
             try:
                 import openvino as ov
             except ImportError:
-                raise BenchError("the openvino backend needs the extra: pip install 'shufflenet[openvino]'") from None
+                raise BenchError(f"the openvino backend needs the extra: {install_hint('openvino')}") from None
             core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
             if precision:  # OpenVINO's own default on AVX512-BF16 CPUs is bf16: always say which ran
@@ -188,23 +188,43 @@ def bench_images(model: str, images: str | os.PathLike, *, batch: int = 8, worke
     """End to end over an image folder with ``classify``'s pipeline (decode + preprocess on
     ``workers`` threads, overlapped with batched inference): images/s, best of ``repeat``, and
     where the time goes (stage seconds, decode and preprocess summed over workers)."""
+    return bench_images_many([model], images, batches=(batch,), workers=workers, threads=threads,
+                             limit=limit, repeat=repeat)[0]
+
+
+def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple[int, ...] = (8,),
+                      workers: int = 2, threads: int | None = None, limit: int | None = None,
+                      repeat: int = 2) -> list[dict]:
+    """:func:`bench_images` for every model and batch size, interleaved: each round passes over
+    the folder once per model in turn, so drift on a noisy machine hits every model alike; each
+    figure is the best of ``repeat`` rounds. One dict per (batch, model), in that order."""
     from .runtime import Classifier, expand_inputs, run_files
 
+    if repeat < 1:
+        raise BenchError("repeat must be positive")
+    if not batches or min(batches) < 1:
+        raise BenchError(f"batch sizes must be positive, got {batches}")
     files, _ = expand_inputs([str(images)])
     files = files[:limit] if limit else files
     if not files:
         raise BenchError(f"{images}: no images")
-    clf = Classifier(model, threads=threads)
-    best = None
-    for _ in range(repeat):
-        stage: dict[str, float] = {}
-        t0 = time.perf_counter()
-        results = list(run_files(clf, files, top=1, batch_size=batch, workers=workers, timings=stage))
-        wall = time.perf_counter() - t0
-        if best is None or wall < best[0]:
-            best = (wall, stage, results)
-    wall, stage, results = best
-    return {"images": len(files), "seconds": wall, "images_per_s": len(files) / wall, "batch": batch,
-            "workers": workers, "threads": threads, "stage_seconds": stage,
-            "predictions": [r.predictions[0].index if r.predictions else None for r in results],
-            "files": [str(f) for f in files]}
+    clfs = [(m if isinstance(m, (str, os.PathLike)) else "model", Classifier(m, threads=threads)) for m in models]
+    out = []
+    for batch in batches:
+        best: dict[int, tuple] = {}
+        for _ in range(repeat):
+            for k, (_, clf) in enumerate(clfs):
+                stage: dict[str, float] = {}
+                t0 = time.perf_counter()
+                results = list(run_files(clf, files, top=1, batch_size=batch, workers=workers, timings=stage))
+                wall = time.perf_counter() - t0
+                if k not in best or wall < best[k][0]:
+                    best[k] = (wall, stage, results)
+        for k, (name, _) in enumerate(clfs):
+            wall, stage, results = best[k]
+            out.append({"model": str(name), "images": len(files), "seconds": wall,
+                        "images_per_s": len(files) / wall, "batch": batch, "workers": workers,
+                        "threads": threads, "repeat": repeat, "stage_seconds": stage,
+                        "predictions": [r.predictions[0].index if r.predictions else None for r in results],
+                        "files": [str(f) for f in files]})
+    return out

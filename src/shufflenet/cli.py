@@ -509,7 +509,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                   f"loss {a['loss_pct']:.2f}%  agreement {a['top1_agreement']:.1f}%", file=sys.stderr)
 
     report = quantize(args.model, args.output, args.calib, options=opts, eval_data=args.eval_data,
-                      plot=args.plot, progress=progress)
+                      plot=args.plot, progress=progress, label_file=args.label_file)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -567,6 +567,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--min-agreement", type=float, metavar="PCT",
                    help="also require this top-1 agreement with fp32, e.g. 98")
     p.add_argument("--eval-data", help="labelled folder (evaluate's layouts) to judge accuracy")
+    p.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
     p.add_argument("--plot", help="write a PNG of per-tensor SQNR")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--quiet", action="store_true")
@@ -588,8 +589,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         if not result.ok and not args.json:
             sys.stderr.write(f"\nshufflenet zoo: {result.artifact.name} failed: {result.error}\n")
 
-    summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib,
-                    eval_data=args.eval_data, progress=progress)
+    summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib, force=args.force,
+                    eval_data=args.eval_data, label_file=args.label_file, progress=progress)
     bar.close()
     if args.json:
         _print_json(summary)
@@ -609,12 +610,15 @@ def _add_zoo(sub) -> None:
                                     "the int8 (QOperator) and QDQ V2, each .onnx + .tar.gz with test data, "
                                     "validated; writes manifest.json (zoo hub keys) and README.md. With "
                                     "--weights random everything runs offline (and is labelled untrained).")
-    b.add_argument("--out", required=True)
+    b.add_argument("-o", "--out", required=True, help="the folder to build into (must be new or empty)")
+    b.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder as a whole (swapped in when the build is done)")
     b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP)
     b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
                                                      "or a comma list of variants")
     b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")
     b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table")
+    b.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
     b.set_defaults(handler=_cmd_zoo)
@@ -634,22 +638,25 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, bench_images
+    from .bench import bench, bench_images_many
 
     if args.images:
-        if len(args.models) != 1:
-            raise _usage("--images measures one model end to end")
-        res = bench_images(args.models[0], args.images, batch=(args.batch or (8,))[0],
-                           workers=args.workers, threads=(args.threads or (1,))[0], limit=args.limit)
+        rows = [r for t in args.threads or (1,) for r in bench_images_many(
+            args.models, args.images, batches=args.batch or (8,), workers=args.workers, threads=t, limit=args.limit)]
         if args.json:
-            _print_json({k: v for k, v in res.items() if k not in ("predictions", "files")})
+            _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
             return 0
-        st = res["stage_seconds"]
-        total = sum(st.values())
-        print(f"{res['images']} images in {res['seconds']:.2f} s: {res['images_per_s']:.1f} images/s "
-              f"(batch {res['batch']}, {res['workers']} decode workers, {res['threads']} inference threads)")
-        print("time by stage (summed over workers): " + ", ".join(
-            f"{k} {v:.2f} s ({v / total:.0%})" for k, v in st.items()))
+        print(f"{rows[0]['images']} images, {rows[0]['workers']} decode workers, best of {rows[0]['repeat']} "
+              "interleaved passes per model")
+        table = []
+        for r in rows:
+            st = r["stage_seconds"]
+            total = sum(st.values()) or 1.0
+            table.append([_short_name(r["model"]), str(r["threads"]), str(r["batch"]), f"{r['seconds']:.2f}", f"{r['images_per_s']:.1f}",
+                          *(f"{st[k]:.2f} ({st[k] / total:.0%})" for k in ("decode", "preprocess", "inference"))])
+        _print_table(table, ["model", "threads", "batch", "seconds", "img/s", "decode s", "preprocess s",
+                             "inference s"], right={1, 2, 3, 4, 5, 6, 7})
+        print("stage seconds are summed over the workers")
         return 0
     args.batch, args.threads = args.batch or (1,), args.threads or (1,)
     bar = _Bar("bench", args.quiet or args.json)
@@ -689,7 +696,7 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency/throughput of models, interleaved in one process",
                        description="Loads every model, warms up, then times them in turn (A B A B ...) so "
                                    "ratios hold on a noisy machine. With --images: decode + preprocess + "
-                                   "inference end to end for one model.")
+                                   "inference end to end for each model and --batch size, passes interleaved.")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list, help="comma list, e.g. 1,8 (default 1; 8 with --images)")
     p.add_argument("--threads", type=_int_list, help="comma list, e.g. 1,2 (default 1)")

@@ -33,3 +33,8 @@ class CheckFailedError(ShuffleNetError):
     """A check ran and the result did not match (validation, tolerance, hash)."""
 
     exit_code = 1
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra, from the package index and from a checkout."""
+    return f"pip install 'shufflenet[{extra}]' (from a checkout: pip install -e '.[{extra}]')"

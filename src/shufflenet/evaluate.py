@@ -122,6 +122,11 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
              batch_size: int = 32, threads: int | None = None, resize: str | None = None,
              exact: bool = False, progress=None) -> EvalReport:
     """Accuracy of ``model`` on ``data``; with ``compare``, agreement of the two on the same images."""
+    # local arguments first: a typo must not cost a model download
+    if not Path(data).is_dir():
+        raise DatasetError(f"{data}: not a folder")
+    if label_file is not None and not Path(label_file).is_file():
+        raise DatasetError(f"{label_file}: no such label file")
     clf = Classifier(model, threads=threads, resize=resize, exact=exact)
     samples, skipped, layout = discover(data, labels=clf.labels, label_file=label_file)
     if limit is not None:

@@ -33,7 +33,7 @@ import onnx
 
 from .errors import CheckFailedError, ShuffleNetError
 from .onnx_legacy import model_opset
-from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement
+from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, resolve_model
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
@@ -131,6 +131,46 @@ class _Reader:
     def rewind(self):
         self.pos = 0
 
+
+
+def _check_output(output: Path, model) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if output.is_dir():
+        raise QuantizeError(f"{output} is a folder; give the file to write, e.g. {output / 'model-int8.onnx'}")
+    if output.suffix.lower() != ".onnx":
+        raise QuantizeError(f"{output}: the output must be a .onnx file")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise QuantizeError(f"{output}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise QuantizeError(f"{output}: folder {parent} is not writable")
+    if isinstance(model, (str, os.PathLike)) and Path(model).exists() and output.exists() \
+            and output.resolve() == Path(model).resolve():
+        raise QuantizeError(f"{output} is the input model; write the int8 model to another file")
+
+
+def _upgrade_legacy(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    """Models below opset 7 (V1 at opsets 3..6) as their exact opset-7 copy, which ORT's
+    quantizer and shape inference can read; newer models as they are."""
+    from .onnx_legacy import LegacyUpgradeError, upgrade_to_opset7
+
+    try:
+        upgraded = upgrade_to_opset7(model)
+    except LegacyUpgradeError as e:
+        raise QuantizeError(f"{source}: opset {model_opset(model)} cannot be upgraded for quantization ({e}); "
+                            "export it at opset 13 instead (shufflenet export VARIANT --opset 13)") from None
+    if upgraded.ir_version >= 4:
+        return upgraded
+    # IR 3 lists every initializer as a graph input too; ORT's quantizer then treats the weights
+    # and the upgrade's Reshape shapes as inputs to feed. IR 4 (opset <= 9) lets them be constants.
+    out = onnx.ModelProto()
+    out.CopyFrom(upgraded)
+    inits = {t.name for t in out.graph.initializer}
+    keep = [i for i in out.graph.input if i.name not in inits]
+    del out.graph.input[:]
+    out.graph.input.extend(keep)
+    out.ir_version = 4
+    return onnx.shape_inference.infer_shapes(out)
 
 
 # --------------------------------------------------------------------------- one quantization
@@ -360,9 +400,12 @@ def _latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, runs: int = 150) -> d
 
 def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: str | os.PathLike, *,
              options: QuantizeOptions | None = None, eval_data: str | os.PathLike | None = None,
-             plot: str | os.PathLike | None = None, progress=None) -> QuantReport:
-    """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad."""
-    from .bundle import load_model_checked
+             plot: str | os.PathLike | None = None, progress=None,
+             label_file: str | os.PathLike | None = None) -> QuantReport:
+    """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad.
+
+    ``eval_data`` is a labelled folder in any of :func:`shufflenet.evaluate.discover`'s layouts;
+    ``label_file`` ('filename index' per line) labels a flat one."""
     from .evaluate import discover
     from .weights import atomic_write
 
@@ -373,16 +416,23 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         raise QuantizeError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {opts.calib_method!r}")
     if opts.calib_count < 1:
         raise QuantizeError("calib_count must be positive")
-    model_path, output = Path(model_path), Path(output)
-    fp32 = load_model_checked(model_path)
+    output = Path(output)
+    _check_output(output, model_path)
+    # local arguments are checked before the model is resolved (which may download it)
+    files = _list_images(calib)
+    if eval_data is not None and not Path(eval_data).is_dir():
+        raise QuantizeError(f"{eval_data}: --eval-data must be a folder of labelled images")
+    if label_file is not None and not Path(label_file).is_file():
+        raise QuantizeError(f"{label_file}: no such label file")
+    fp32, source = resolve_model(model_path)
+    fp32 = _upgrade_legacy(fp32, source)
     if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
-        raise QuantizeError(f"{model_path} is already quantized")
+        raise QuantizeError(f"{source} is already quantized")
     clf = Classifier(fp32)
     _, kind, _ = _model_info(fp32)
     dims = fp32.graph.input[0].type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
 
-    files = _list_images(calib)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(len(files))
     calib_files = [files[i] for i in order[:opts.calib_count]]
@@ -394,12 +444,14 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
 
     labels = None
     if eval_data is not None:
-        samples, _, _ = discover(eval_data, labels=clf.labels)
+        samples, _, _ = discover(eval_data, labels=clf.labels, label_file=label_file)
         samples = samples[:opts.eval_count]
         if not samples:
             raise QuantizeError(f"{eval_data}: no labelled images")
         eval_x, kept = _batch(clf, [s.path for s in samples])
         labels = np.array([samples[i].label for i in kept])
+    elif label_file is not None:
+        raise QuantizeError("a label file labels --eval-data; give --eval-data too")
     else:  # no labels: top-1 agreement with fp32 on images not used for calibration, if any
         eval_x = _batch(clf, held_out[:opts.eval_count])[0] if held_out else calib_data
     ref = _outputs(fp32, eval_x)
@@ -503,5 +555,5 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
 
         plot_path = str(save_panels([bar_panel(worst[:200], title="per-tensor SQNR (dB), worst first",
                                                ylabel="tensors")], plot))
-    return QuantReport(str(model_path), str(output), recipe, model_path.stat().st_size, output.stat().st_size,
+    return QuantReport(source, str(output), recipe, fp32.ByteSize(), output.stat().st_size,
                        best_m, criterion, attempts, worst[:10], latency, plot_path)

@@ -128,10 +128,19 @@ def _model_info(model: onnx.ModelProto):
     return recipe, kind, labels
 
 
-def resolve_model(model) -> tuple[onnx.ModelProto, str]:
-    """A path, ``VARIANT:random[:SEED]``, a zoo artifact name or a variant name -> (model, source).
+#: suffixes that make a --model argument a path even when the file does not exist
+MODEL_FILE_SUFFIXES = (".onnx", ".tar.gz", ".tgz", ".tar")
 
-    A path never touches the network; a name is fetched through the hub when not cached.
+
+def resolve_model(model) -> tuple[onnx.ModelProto, str]:
+    """The one model resolver of every command: -> (model, source).
+
+    ``model``: an ``onnx.ModelProto``; a path to a ``.onnx``, a zoo-layout ``.tar.gz``/``.tgz``/
+    ``.tar`` (its one model; extracted safely) or a folder holding one model; ``VARIANT:random``
+    or ``VARIANT:random:SEED`` (untrained, offline); a zoo artifact name (``shufflenet-v2-12``,
+    fetched and verified once); or a variant name (its published weights). A path never touches
+    the network, and a missing path says "no such file"; when a download is impossible the
+    error suggests a local file or ``VARIANT:random``.
     """
     from .bundle import load_model_checked
     from .specs import list_variants
@@ -141,36 +150,73 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
     text = os.fspath(model)
     path = Path(text)
     if path.exists():
-        if path.is_dir():
-            candidates = list(path.glob("model.onnx")) or list(path.glob("*.onnx"))
-            if len(candidates) != 1:
-                raise RuntimeError_(f"{path}: expected one .onnx model in the folder, found {len(candidates)}")
-            path = candidates[0]
-        return load_model_checked(path), str(path)
-    name, _, rest = text.partition(":")
-    if name in list_variants() and rest.startswith("random"):
+        return _load_local(path), str(path)
+    name, sep, rest = text.partition(":")
+    if sep and name in list_variants():
+        if not rest.startswith("random"):
+            raise RuntimeError_(f"{text!r}: after the variant only :random or :random:SEED is accepted")
         from .onnx_export import export_onnx
 
         return export_onnx(name, weights=rest), text
-    from .hub import fetch
     from .specs import artifacts
 
     zoo = {a.name: a for a in artifacts() if a.kind == "zoo-onnx"}
     if text in zoo:
-        return load_model_checked(fetch(zoo[text])), text
+        return load_model_checked(_fetch_or_hint(zoo[text], zoo[text].variant)), text
     if text in list_variants():
         from .onnx_export import export_onnx
 
         published = [a for a in artifacts() if a.variant == text and a.kind == "torchvision-pth"]
         if published:
-            return export_onnx(text, weights="torchvision"), f"{text} (torchvision weights)"
+            from .hub import HubError
+
+            try:
+                return export_onnx(text, weights="torchvision"), f"{text} (torchvision weights)"
+            except HubError as e:
+                raise HubError(f"{e}; {_offline_alternatives(text)}") from None
         onnx_files = [a for a in artifacts() if a.variant == text and a.kind == "zoo-onnx" and not a.quantization]
         if onnx_files:
-            return load_model_checked(fetch(onnx_files[-1])), onnx_files[-1].name
+            return load_model_checked(_fetch_or_hint(onnx_files[-1], text)), onnx_files[-1].name
         raise RuntimeError_(f"no pretrained weights are published for {text}; use {text}:random "
                             "for an untrained model or give a path")
-    raise RuntimeError_(f"{text!r} is not a file, a variant (see `shufflenet list`) or a zoo artifact "
-                        f"({', '.join(sorted(zoo))})")
+    if text.lower().endswith(MODEL_FILE_SUFFIXES) or os.sep in text or (os.altsep and os.altsep in text):
+        raise RuntimeError_(f"{text}: no such file")
+    raise RuntimeError_(f"{text!r} is not a file, a variant (see `shufflenet list`), VARIANT:random[:SEED] "
+                        f"or a zoo artifact ({', '.join(sorted(zoo))})")
+
+
+def _load_local(path: Path) -> onnx.ModelProto:
+    """A .onnx, an archive or a folder on disk -> its one model (archives extracted safely)."""
+    import tempfile
+
+    from .bundle import load_model_checked, safe_extract
+
+    if path.is_file() and not path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+        return load_model_checked(path)
+    with tempfile.TemporaryDirectory(prefix="shufflenet-model-") as tmp:
+        folder = safe_extract(path, Path(tmp) / "x") if path.is_file() else path
+        candidates = list(folder.glob("model.onnx")) or list(folder.glob("*.onnx"))
+        if not candidates:  # a zoo archive: one top-level folder
+            subdirs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("test_data_set_")]
+            if len(subdirs) == 1:
+                candidates = list(subdirs[0].glob("model.onnx")) or list(subdirs[0].glob("*.onnx"))
+        if len(candidates) != 1:
+            raise RuntimeError_(f"{path}: expected one .onnx model in it, found {len(candidates)}")
+        return load_model_checked(candidates[0])
+
+
+def _offline_alternatives(variant: str) -> str:
+    return (f"without the network, give a local .onnx or zoo .tar.gz, or {variant}:random for an "
+            "untrained model")
+
+
+def _fetch_or_hint(artifact, variant: str) -> Path:
+    from .hub import HubError, fetch
+
+    try:
+        return fetch(artifact)
+    except HubError as e:
+        raise HubError(f"{e}; {_offline_alternatives(variant)}") from None
 
 
 class Classifier:

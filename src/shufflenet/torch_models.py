@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .errors import MissingDependencyError, WeightsError
+from .errors import MissingDependencyError, WeightsError, install_hint
 from .specs import BN_MOMENTUM, Graph, get_spec
 from .weights import WeightSource, conform, resolve_weights
 
@@ -22,8 +22,8 @@ try:
     from torch import nn
 except ImportError:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
-        "PyTorch models need the torch extra: pip install 'shufflenet[torch]' (torch==2.13.0 "
-        "takes the CPU wheel)") from None
+        f"PyTorch models need the torch extra: {install_hint('torch')}; torch==2.13.0 "
+        "takes the CPU wheel") from None
 
 __all__ = ["ShuffleNet", "build_model", "to_numpy"]
 

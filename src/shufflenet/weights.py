@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._calibrate import calibrate
-from .errors import MissingDependencyError, UnsafeFileError, WeightsError
+from .errors import MissingDependencyError, UnsafeFileError, WeightsError, install_hint
 from .specs import Graph, VariantSpec, get_spec
 
 __all__ = [
@@ -300,7 +300,7 @@ def _import_torch(why: str):
     try:
         import torch
     except ImportError:
-        raise MissingDependencyError(f"{why} needs PyTorch: pip install 'shufflenet[torch]'") from None
+        raise MissingDependencyError(f"{why} needs PyTorch: {install_hint('torch')}") from None
     return torch
 
 

@@ -120,13 +120,44 @@ def _synthetic_calibration(folder: Path, count: int, seed: int) -> Path:
 
 def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | list[str] = "zoo",
           calib: str | os.PathLike | None = None, eval_data: str | os.PathLike | None = None,
-          test_data: int = 3, progress=None) -> dict:
-    """Build the artifacts into ``out``; returns the summary (also written as manifest + README)."""
+          test_data: int = 3, progress=None, label_file: str | os.PathLike | None = None,
+          force: bool = False) -> dict:
+    """Build the artifacts into ``out``; returns the summary (also written as manifest + README).
+
+    ``out`` must be new or empty, unless ``force``: then it is replaced as a whole, atomically
+    (the build goes to a sibling folder that is swapped in at the end; an interrupted build
+    leaves ``out`` as it was).
+    """
+    if label_file is not None and eval_data is None:
+        raise ZooError("a label file labels --eval-data; give --eval-data too")
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise ZooError(f"{final} is a file; give a folder to build the zoo into")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise ZooError(f"{final} is not empty; give a new folder, or --force to replace it")
+    items = plan(variants)  # bad names are refused before any work
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
+    try:
+        summary = _build_into(staging, items, weights=weights, calib=calib, eval_data=eval_data,
+                              test_data=test_data, progress=progress, label_file=label_file)
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / "zoo")
+        os.replace(staging, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary.update(out=str(final), manifest=str(final / "manifest.json"), readme=str(final / "README.md"))
+    return summary
+
+
+def _build_into(out: Path, items, *, weights: str, calib, eval_data, test_data: int, progress,
+                label_file) -> dict:
     from .evaluate import evaluate
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    items = plan(variants)
     random = weights == "random" or weights.startswith("random:")
     built: dict[str, Built] = {}
     t_start = time.perf_counter()
@@ -145,7 +176,8 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
                         raise ZooError(f"its fp32 source {art.source} was not built")
                     qpath = Path(tmp) / f"{art.name}.onnx"
                     report = quantize(src.onnx_path, qpath, calib_dir, options=QuantizeOptions(
-                        format=art.quant, measure_latency=False), eval_data=eval_data)
+                        format=art.quant, measure_latency=False), eval_data=eval_data,
+                        label_file=label_file)
                     model = onnx.load(str(qpath))
                     result.info["quantization"] = report.recipe
                     result.info["fidelity"] = report.metrics
@@ -163,7 +195,7 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
                 result.info["io_ports"] = _io_ports(model)
                 result.info["opset"] = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
                 if eval_data is not None:
-                    ev = evaluate(str(result.onnx_path), eval_data)
+                    ev = evaluate(str(result.onnx_path), eval_data, label_file=label_file)
                     result.info["top1"], result.info["top5"] = ev.top1, ev.top5
                 result.ok = True
             except (ShuffleNetError, OSError, ValueError, RuntimeError) as e:
