@@ -214,6 +214,7 @@ def _add_validate(sub) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from .preprocess import describe
     from .runtime import Classifier, expand_inputs, run_files
 
     files, problems = expand_inputs(args.images)
@@ -232,7 +233,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({
             "model": clf.source, "output_kind": clf.output_kind,
-            "preprocessing": f"{clf.resize} resize {clf.recipe.resize}, crop {clf.recipe.crop}",
+            "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
             "results": [{"path": r.path, "error": r.error,
                          "top": None if r.predictions is None else [p.__dict__ for p in r.predictions]}
                         for r in results],
@@ -253,7 +254,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_model_args(p, *, model_required: bool = False) -> None:
+def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True) -> None:
     p.add_argument("--model", default="shufflenet_v2_x1_0", required=model_required,
                    help="a .onnx path, a zoo artifact (shufflenet-v2-12 ...), a variant (pretrained, "
                         "fetched when not cached) or VARIANT:random[:SEED] (default shufflenet_v2_x1_0)")
@@ -263,8 +264,14 @@ def _add_model_args(p, *, model_required: bool = False) -> None:
     p.add_argument("--resize", choices=["shorter", "square"],
                    help="shorter: shorter side to 256 (torchvision); square: whole image to 256x256 "
                         "(the zoo notebook); default: the model's own")
-    p.add_argument("--exact", action="store_true",
-                   help="decode large JPEGs at full size (default: DCT draft decoding, see docs)")
+    if exact_flag:
+        p.add_argument("--exact", action="store_true",
+                       help="torchvision's decoding, bit for bit: full-size JPEGs, EXIF orientation ignored "
+                            "(default: photo decoding: EXIF orientation applied, large JPEGs draft-decoded)")
+    else:
+        p.add_argument("--photo-decoding", action="store_true",
+                       help="apply EXIF orientation and draft-decode large JPEGs (faster, not torchvision's; "
+                            "default: torchvision's exact decoding)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -290,7 +297,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bar = _Bar("evaluate", args.quiet or args.json)
     report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
                       label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
-                      resize=args.resize, exact=args.exact, progress=bar)
+                      resize=args.resize, exact=not args.photo_decoding, progress=bar)
     bar.close()
     if args.json:
         _print_json(report.to_dict())
@@ -318,7 +325,7 @@ def _add_evaluate(sub) -> None:
                        description="DATA: an ImageFolder (folders named by WordNet id or class "
                                    "name), files named <wnid>_<anything>, or a flat folder with "
                                    "--label-file ('filename index' per line).")
-    _add_model_args(p)
+    _add_model_args(p, exact_flag=False)
     p.add_argument("--data", required=True, help="the labelled image folder")
     p.add_argument("--label-file", help="'filename index' per line (ImageNet val convention)")
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")

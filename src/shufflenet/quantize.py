@@ -364,6 +364,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad."""
     from .bundle import load_model_checked
     from .evaluate import discover
+    from .preprocess import describe
     from .weights import atomic_write
 
     opts = options or QuantizeOptions()
@@ -377,7 +378,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     fp32 = load_model_checked(model_path)
     if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
         raise QuantizeError(f"{model_path} is already quantized")
-    clf = Classifier(fp32)
+    clf = Classifier(fp32, exact=True)  # calibration and --eval-data: torchvision's decoding
     _, kind, _ = _model_info(fp32)
     dims = fp32.graph.input[0].type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
@@ -476,6 +477,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             "weight_type": "int8", "reduce_range": not cpu_has_vnni(), "calib_method": method,
             "calib_images": len(calib_data), "calib_seed": opts.seed, "excluded_nodes": final_exclude,
             "fp32_stem": fp32_nodes,
+            "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
             "opset": model_opset(best_q), "tool": f"onnxruntime {__import__('onnxruntime').__version__} quantize_static",
         }
         criterion = None

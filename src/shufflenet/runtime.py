@@ -206,10 +206,12 @@ class Classifier:
         self.metadata = {p.key: p.value for p in proto.metadata_props}
 
     def decode(self, image):
-        """A path, bytes or PIL image -> upright RGB PIL image (JPEG draft unless ``exact``)."""
+        """A path, bytes or PIL image -> RGB PIL image: torchvision's decoding with ``exact``,
+        else photo decoding (EXIF orientation, JPEG draft); see :mod:`shufflenet.preprocess`."""
         from .preprocess import DRAFT_MARGIN, load_image
 
-        return load_image(image, draft_size=None if self.exact else DRAFT_MARGIN * self.recipe.resize)
+        return load_image(image, draft_size=None if self.exact else DRAFT_MARGIN * self.recipe.resize,
+                          exact=self.exact)
 
     def prepare(self, img) -> np.ndarray:
         """An RGB PIL image -> the model's float32 [1, 3, H, W] input."""
