@@ -189,6 +189,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{report.path}: {report.model} (opset {report.opset})")
     print(f"checker  {report.checker}")
     print(f"engine   {report.engine}")
+    print(f"expected {report.expected_outputs}")
     rows = []
     for s in report.sets:
         where = "" if s.passed else f"{s.tensor}[{','.join(map(str, s.worst_index))}] expected {s.expected:.6g} got {s.got:.6g}"
@@ -587,7 +588,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\nshufflenet zoo: {result.artifact.name} failed: {result.error}\n")
 
     summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib,
-                    eval_data=args.eval_data, progress=progress)
+                    eval_data=args.eval_data, batch=args.batch, progress=progress)
     bar.close()
     if args.json:
         _print_json(summary)
@@ -605,14 +606,16 @@ def _add_zoo(sub) -> None:
     b = zsub.add_parser("build", help="export, quantize, bundle and validate every artifact",
                         description="Rebuilds shufflenet-3/6/7/8/9 (Caffe2 V1), shufflenet-v2-10/12 and "
                                     "the int8 (QOperator) and QDQ V2, each .onnx + .tar.gz with test data, "
-                                    "validated; writes manifest.json (zoo hub keys) and README.md. With "
+                                    "validated; writes manifest.json (the ONNX hub's format) and README.md. With "
                                     "--weights random everything runs offline (and is labelled untrained).")
     b.add_argument("--out", required=True)
     b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP)
     b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
                                                      "or a comma list of variants")
     b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")
-    b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table")
+    b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table (torchvision's exact decoding)")
+    b.add_argument("--batch", type=_positive_int,
+                   help="fixed batch size: 1 writes the zoo's static shapes (default: dynamic batch N)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
     b.set_defaults(handler=_cmd_zoo)

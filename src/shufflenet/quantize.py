@@ -85,6 +85,29 @@ def cpu_has_vnni() -> bool:
 
 
 
+def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove opset imports no node uses (ONNX Runtime's quantizer imports ai.onnx.ml,
+    ai.onnx.training, com.microsoft.nchwc ... whether used or not); the default domain stays."""
+    used = {"", "ai.onnx"}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for n in graph.node:
+            used.add(n.domain)
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(model.graph)
+    for f in model.functions:
+        used.add(f.domain)
+        for n in f.node:
+            used.add(n.domain)
+    keep = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -494,6 +517,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             meta["quantization_criterion"] = json.dumps(criterion)
         del best_q.metadata_props[:]
         onnx.helper.set_model_props(best_q, meta)
+        drop_unused_opsets(best_q)
         onnx.checker.check_model(best_q, full_check=True)
         Runner(best_q)
         atomic_write(output, lambda t: t.write_bytes(best_q.SerializeToString()))

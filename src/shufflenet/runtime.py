@@ -140,13 +140,10 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
         return model, "<in-memory model>"
     text = os.fspath(model)
     path = Path(text)
-    if path.exists():
-        if path.is_dir():
-            candidates = list(path.glob("model.onnx")) or list(path.glob("*.onnx"))
-            if len(candidates) != 1:
-                raise RuntimeError_(f"{path}: expected one .onnx model in the folder, found {len(candidates)}")
-            path = candidates[0]
-        return load_model_checked(path), str(path)
+    if path.exists():  # a .onnx, a bundle folder or a .tar.gz, in any of the zoo's layouts
+        from .bundle import load_any_model
+
+        return load_any_model(path), str(path)
     name, _, rest = text.partition(":")
     if name in list_variants() and rest.startswith("random"):
         from .onnx_export import export_onnx
