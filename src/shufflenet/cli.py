@@ -354,11 +354,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         return 0
     if not args.names:
         raise _usage("give an artifact name (see `shufflenet fetch --list`)")
+    if (args.opset is not None or args.base) and not args.manifest:
+        raise _usage("--opset and --base read a manifest: give --manifest as well")
     paths = {}
     for name in args.names:
-        a = find_artifact(name)
         bar = _Bar(name, args.quiet or args.json)
-        paths[name] = str(fetch(a, progress=bar, force=args.force))
+        if args.manifest:
+            from .hub_manifest import fetch_from_manifest
+
+            paths[name] = str(fetch_from_manifest(args.manifest, name, opset=args.opset, base=args.base,
+                                                  progress=bar, force=args.force))
+        else:
+            paths[name] = str(fetch(find_artifact(name), progress=bar, force=args.force))
         bar.close()
         if not args.json:
             print(paths[name])
@@ -378,6 +385,12 @@ def _add_fetch(sub) -> None:
                                    "~/.cache/shufflenet. $SHUFFLENET_MIRROR: a base URL tried first.")
     p.add_argument("names", nargs="*", help="artifact names, e.g. shufflenet-v2-12")
     p.add_argument("--list", action="store_true", help="list the known artifacts and what is cached")
+    p.add_argument("--manifest", metavar="PATH_OR_URL",
+                   help="an ONNX hub manifest (the Model Zoo's ONNX_HUB_MANIFEST.json or a zoo build's "
+                        "manifest.json): NAME is a hub model name or file name (add .tar.gz for the bundle)")
+    p.add_argument("--opset", type=_positive_int, help="with --manifest: this opset (default: the newest)")
+    p.add_argument("--base", metavar="URL_OR_DIR",
+                   help="with --manifest: where model paths are relative to (default: the manifest's location)")
     p.add_argument("--force", action="store_true", help="download again even when cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")

@@ -102,7 +102,8 @@ def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
         used.add(f.domain)
         for n in f.node:
             used.add(n.domain)
-    keep = [o for o in model.opset_import if o.domain in used]
+    # sorted: ORT collects them in a set, whose order changes with the process's hash seed
+    keep = sorted((o for o in model.opset_import if o.domain in used), key=lambda o: (o.domain not in ("", "ai.onnx"), o.domain))
     del model.opset_import[:]
     model.opset_import.extend(keep)
     return model
