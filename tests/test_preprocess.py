@@ -46,6 +46,12 @@ def torchvision_reference(img: Image.Image, resize=256, crop=224) -> np.ndarray:
         return ((x - np.float32(MEAN).reshape(3, 1, 1)) / np.float32(STD).reshape(3, 1, 1))[None]
 
 
+def torchvision_pil_loader(path) -> Image.Image:
+    """torchvision.datasets.folder.pil_loader: open, convert("RGB"); EXIF orientation ignored."""
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")
+
+
 def _rgb(w, h, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
@@ -133,12 +139,15 @@ def test_16_bit_is_scaled_not_clamped():
     assert g.min() == 0 and g.max() == 255 and 120 < np.median(g) < 136  # a clamp gives 255 almost everywhere
 
 
-def test_exif_orientation_is_applied():
+def test_exif_orientation_is_applied_by_photo_decoding_only():
     img = _rgb(300, 200)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     data = _encode(img, "JPEG", exif=exif)
     assert load_image(data).size == (200, 300)
+    assert load_image(data, exact=True).size == (300, 200)  # torchvision ignores the tag
+    with pytest.raises(ImageError, match="draft_size"):
+        load_image(data, exact=True, draft_size=512)
 
 
 @pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGBA"),
@@ -195,7 +204,7 @@ def test_draft_mode_stays_close_and_exact_mode_is_exact():
     data = _encode(img, "JPEG", quality=95)
     exact = preprocess_image(data, exact=True)
     draft = preprocess_image(data)
-    np.testing.assert_array_equal(exact, preprocess_pil(Image.open(io.BytesIO(data)).convert("RGB"), Preprocess()))
+    np.testing.assert_array_equal(exact, torchvision_reference(Image.open(io.BytesIO(data)).convert("RGB")))
     diff = np.abs(exact - draft) * np.float32(STD).reshape(1, 3, 1, 1) * 255
     assert diff.mean() < 1.0 and diff.max() < 12  # 8-bit pixel units; see docs/preprocessing.md
 
@@ -216,3 +225,51 @@ def test_any_mode_size_orientation(mode, w, h, orientation, seed):
     a, b = preprocess_image(data), preprocess_image(data)
     assert a.shape == (1, 3, 224, 224) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
+
+
+def _photo_folder(root):
+    """An ImageFolder of JPEGs that trip every shortcut: large (draft decoding would apply),
+    EXIF-rotated, grayscale, CMYK and a PNG with transparency."""
+    folder = root / "n01440764"
+    folder.mkdir(parents=True)
+    smooth = _rgb(40, 30, seed=7).resize((2400, 1800), Image.BICUBIC)
+    smooth.save(folder / "large_landscape.jpg", quality=92)
+    smooth.transpose(Image.Transpose.ROTATE_90).resize((1100, 1500)).save(folder / "large_portrait.jpg", quality=85)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _rgb(36, 24, seed=8).resize((1200, 800), Image.BICUBIC).save(folder / "exif_rotated.jpg", exif=exif)
+    _rgb(500, 375, seed=9).convert("L").save(folder / "gray.jpg")
+    _rgb(600, 400, seed=10).convert("CMYK").save(folder / "cmyk.jpg")
+    rgba = _rgb(300, 260, seed=11).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "alpha.png")
+    return sorted(folder.iterdir())
+
+
+def test_evaluate_feeds_the_model_torchvisions_tensors_bit_for_bit(tmp_path, monkeypatch):
+    """evaluate's default path is torchvision's eval transform: no draft decoding, no EXIF
+    transpose, pil_loader's convert("RGB"), on exactly the inputs the model receives."""
+    from shufflenet import evaluate as evaluate_module
+    from shufflenet.runtime import Classifier
+
+    files = _photo_folder(tmp_path / "data")
+    fed = []
+    original = Classifier.outputs
+
+    def spy(self, batch):
+        fed.append(batch.copy())
+        return original(self, batch)
+
+    monkeypatch.setattr(Classifier, "outputs", spy)
+    report = evaluate_module.evaluate("shufflenet_v2_x0_5:random:0", tmp_path / "data", batch_size=64, threads=1)
+    assert report.images == len(files) and "exact decoding" in report.preprocessing
+    ours = np.concatenate(fed)
+    reference = np.concatenate([torchvision_reference(torchvision_pil_loader(f)) for f in files])
+    assert ours.tobytes() == reference.tobytes()
+    # photo decoding differs on exactly these files: proof that the test can fail
+    fed.clear()
+    photo = evaluate_module.evaluate("shufflenet_v2_x0_5:random:0", tmp_path / "data", batch_size=64,
+                                     threads=1, exact=False)
+    assert "photo decoding" in photo.preprocessing
+    differs = {f.name for f, a, b in zip(files, np.concatenate(fed), reference) if a.tobytes() != b.tobytes()}
+    assert {"large_landscape.jpg", "large_portrait.jpg", "exif_rotated.jpg", "alpha.png"} <= differs

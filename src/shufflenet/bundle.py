@@ -25,10 +25,11 @@ from .errors import ShuffleNetError, UnsafeFileError
 from .weights import atomic_write
 
 __all__ = ["BundleError", "TestSet", "write_bundle", "pack_tar", "safe_extract", "find_test_sets",
-           "load_model_checked", "MAX_MEMBERS", "MAX_UNPACKED_BYTES"]
+           "locate_model", "is_archive", "load_model_checked", "load_any_model", "BUNDLE_METADATA", "MAX_MEMBERS", "MAX_UNPACKED_BYTES"]
 
 MAX_MEMBERS = 10_000  # a bundle has a model and a few test sets
 MAX_UNPACKED_BYTES = 4 << 30  # larger than any ShuffleNet bundle by two orders of magnitude
+BUNDLE_METADATA = "bundle.json"  # our facts about a bundle (expected outputs' reference)
 
 
 class BundleError(ShuffleNetError, ValueError):
@@ -45,21 +46,37 @@ class TestSet:
 
 
 def write_bundle(model: onnx.ModelProto, out_dir: str | os.PathLike, name: str,
-                 sets: list[tuple[np.ndarray, np.ndarray]]) -> Path:
-    """Write ``<out_dir>/<name>/`` (model + test sets); an existing bundle is replaced whole."""
+                 sets: list[tuple[np.ndarray, np.ndarray]], *, model_file: str = "model.onnx",
+                 legacy_npz: bool = False, metadata: dict | None = None) -> Path:
+    """Write ``<out_dir>/<name>/`` (model + test sets); an existing bundle is replaced whole.
+
+    ``model_file``: the model's file name in the bundle (the zoo's V2-12 rows use ``<name>.onnx``).
+    ``legacy_npz``: also write ``test_data_<k>.npz`` (arrays ``inputs``/``outputs``), as the zoo's
+    V1 tarballs hold beside the ``.pb`` sets. ``metadata``: written as ``bundle.json`` (where the
+    expected outputs came from); readers that do not know it ignore it.
+    """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise BundleError(f"bundle name {name!r} must be a plain file name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*\.onnx", model_file):
+        raise BundleError(f"model file name {model_file!r} must be a plain NAME.onnx")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
     try:
-        (tmp / "model.onnx").write_bytes(model.SerializeToString())
+        (tmp / model_file).write_bytes(model.SerializeToString())
         for k, (x, y) in enumerate(sets):
             d = tmp / f"test_data_set_{k}"
             d.mkdir()
             (d / "input_0.pb").write_bytes(numpy_helper.from_array(x, in_name).SerializeToString())
             (d / "output_0.pb").write_bytes(numpy_helper.from_array(y, out_name).SerializeToString())
+            if legacy_npz:
+                with open(tmp / f"test_data_{k}.npz", "wb") as f:
+                    np.savez(f, inputs=np.stack([x]), outputs=np.stack([y]))
+        if metadata is not None:
+            import json
+
+            (tmp / BUNDLE_METADATA).write_text(json.dumps(metadata, indent=1, sort_keys=True) + "\n")
         return _replace_dir(tmp, out_dir / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -78,23 +95,39 @@ def _replace_dir(src: Path, dest: Path) -> Path:
     return dest
 
 
-def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
-    """``<name>.tar.gz`` holding ``<name>/...`` as the zoo's downloads do; written atomically."""
+def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike, *, root: str | None = None) -> Path:
+    """``<name>.tar.gz`` holding ``<root>/...`` (default ``<bundle folder name>/``), as the zoo's
+    downloads do; written atomically and byte-for-byte reproducibly: sorted members, mtime 0 in
+    the tar and the gzip header, owner 0/0 without names, modes 0644/0755, no file name in gzip."""
+    import gzip
+
     bundle_dir = Path(bundle_dir)
+    root = (root or bundle_dir.name).strip("/")
+    if not root or any(part in ("", ".", "..") for part in root.split("/")):
+        raise BundleError(f"archive folder {root!r} must be a relative path without '..'")
+
+    def info(arc: str, is_dir: bool, size: int = 0) -> tarfile.TarInfo:
+        t = tarfile.TarInfo(arc)
+        t.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+        t.mode, t.size, t.mtime = (0o755 if is_dir else 0o644), size, 0
+        t.uid = t.gid = 0
+        t.uname = t.gname = ""
+        return t
 
     def write(tmp: Path) -> None:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for path in sorted(bundle_dir.rglob("*")):
-                arc = f"{bundle_dir.name}/{path.relative_to(bundle_dir).as_posix()}"
-                info = tar.gettarinfo(str(path), arcname=arc)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0  # reproducible archives
-                if path.is_file():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                     compresslevel=9) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            parts = root.split("/")
+            for i in range(1, len(parts) + 1):
+                tar.addfile(info("/".join(parts[:i]), True))
+            for path in sorted(bundle_dir.rglob("*"), key=lambda p: p.relative_to(bundle_dir).as_posix()):
+                arc = f"{root}/{path.relative_to(bundle_dir).as_posix()}"
+                if path.is_dir():
+                    tar.addfile(info(arc, True))
                 else:
-                    tar.addfile(info)
+                    with open(path, "rb") as f:
+                        tar.addfile(info(arc, False, path.stat().st_size), f)
 
     return atomic_write(Path(tar_path), write)
 
@@ -174,7 +207,9 @@ def _read_tensor(path: Path) -> tuple[str, np.ndarray]:
 
 
 def find_test_sets(model_dir: str | os.PathLike) -> list[TestSet]:
-    """The ``test_data_set_*`` folders beside a model, in numeric order, read into arrays."""
+    """The test data beside a model, read into arrays: ``test_data_set_*`` folders in numeric
+    order, then the zoo's legacy ``test_data_<k>.npz`` files (arrays ``inputs`` and ``outputs``,
+    read without pickle; tensors unnamed, matched by position)."""
     model_dir = Path(model_dir)
     dirs = [d for d in model_dir.iterdir() if d.is_dir() and re.fullmatch(r"test_data_set_\d+", d.name)]
     sets = []
@@ -183,7 +218,64 @@ def find_test_sets(model_dir: str | os.PathLike) -> list[TestSet]:
             found = [f for f in d.iterdir() if re.fullmatch(rf"{kind}_\d+\.pb", f.name)]
             return [_read_tensor(f) for f in sorted(found, key=lambda f: int(f.stem.split("_")[1]))]
         sets.append(TestSet(d, files("input"), files("output")))
+    npz = [f for f in model_dir.iterdir() if f.is_file() and re.fullmatch(r"test_data_\d+\.npz", f.name)]
+    for f in sorted(npz, key=lambda f: int(f.stem.rsplit("_", 1)[1])):
+        sets.append(_read_npz(f))
     return sets
+
+
+def _read_npz(path: Path) -> TestSet:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "inputs" not in data.files or "outputs" not in data.files:
+                raise BundleError(f"{path}: a legacy test file needs arrays 'inputs' and 'outputs', "
+                                  f"found {sorted(data.files)}")
+            inputs, outputs = data["inputs"], data["outputs"]
+    except BundleError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise UnsafeFileError(f"{path}: holds pickled objects; refused (only plain arrays are read)") from None
+        raise BundleError(f"{path}: not a readable .npz ({e})") from None
+    except Exception as e:  # zipfile.BadZipFile, OSError, EOFError
+        raise BundleError(f"{path}: not a readable .npz ({e})") from None
+    if inputs.ndim < 1 or outputs.ndim < 1:
+        raise BundleError(f"{path}: 'inputs' and 'outputs' must be lists of tensors")
+    return TestSet(path, [("", np.asarray(x)) for x in inputs], [("", np.asarray(y)) for y in outputs])
+
+
+#: folders never searched for a model (archive tool litter)
+_IGNORED_DIRS = ("__MACOSX",)
+
+
+def locate_model(folder: str | os.PathLike, *, max_depth: int = 2) -> Path:
+    """The one model of a bundle folder, in any of the zoo's layouts: the folder itself, one
+    folder down (``shufflenet/model.onnx``, ``<name>/<name>.onnx``) or two
+    (``model/test_shufflenetv2/model.onnx``). Anything ambiguous is refused: two .onnx files
+    in one folder, or models in more than one folder."""
+    folder = Path(folder)
+    level = [folder]
+    for depth in range(max_depth + 1):
+        found = []
+        for d in level:
+            models = sorted(f for f in d.iterdir() if f.is_file() and f.suffix == ".onnx")
+            if models:
+                found.append((d, models))
+        if len(found) == 1 and len(found[0][1]) == 1:
+            return found[0][1][0]
+        if found:
+            names = [str(m.relative_to(folder)) for _, ms in found for m in ms]
+            raise BundleError(f"{folder}: ambiguous bundle, {len(names)} models ({', '.join(names[:6])}); "
+                              "expected exactly one .onnx")
+        level = [s for d in level for s in sorted(d.iterdir()) if s.is_dir() and not s.is_symlink()
+                 and not s.name.startswith(".") and s.name not in _IGNORED_DIRS
+                 and not re.fullmatch(r"test_data_set_\d+", s.name)]
+    raise BundleError(f"{folder}: expected exactly one .onnx model (in the folder or up to {max_depth} "
+                      "folders down), found 0")
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    return str(path).endswith((".tar.gz", ".tgz", ".tar"))
 
 
 def load_model_checked(path: str | os.PathLike) -> onnx.ModelProto:
@@ -210,6 +302,18 @@ def load_model_checked(path: str | os.PathLike) -> onnx.ModelProto:
     if external:
         onnx.load_external_data_for_model(model, str(root))
     return model
+
+
+def load_any_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """A .onnx, a bundle folder or a bundle archive (any zoo layout, see :func:`locate_model`;
+    archives are extracted safely into a temp folder that is removed afterwards)."""
+    path = Path(path)
+    if path.is_dir():
+        return load_model_checked(locate_model(path))
+    if path.is_file() and is_archive(path):
+        with tempfile.TemporaryDirectory(prefix="shufflenet-bundle-") as tmp:
+            return load_model_checked(locate_model(safe_extract(path, Path(tmp) / "bundle")))
+    return load_model_checked(path)
 
 
 def _all_tensors(model: onnx.ModelProto):

@@ -189,6 +189,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{report.path}: {report.model} (opset {report.opset})")
     print(f"checker  {report.checker}")
     print(f"engine   {report.engine}")
+    print(f"expected {report.expected_outputs}")
     rows = []
     for s in report.sets:
         where = "" if s.passed else f"{s.tensor}[{','.join(map(str, s.worst_index))}] expected {s.expected:.6g} got {s.got:.6g}"
@@ -214,6 +215,7 @@ def _add_validate(sub) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from .preprocess import describe
     from .runtime import Classifier, expand_inputs, run_files
 
     files, problems = expand_inputs(args.images)
@@ -232,7 +234,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({
             "model": clf.source, "output_kind": clf.output_kind,
-            "preprocessing": f"{clf.resize} resize {clf.recipe.resize}, crop {clf.recipe.crop}",
+            "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
             "results": [{"path": r.path, "error": r.error,
                          "top": None if r.predictions is None else [p.__dict__ for p in r.predictions]}
                         for r in results],
@@ -253,7 +255,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_model_args(p, *, model_required: bool = False) -> None:
+def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True) -> None:
     p.add_argument("--model", default="shufflenet_v2_x1_0", required=model_required,
                    help="a .onnx path, a zoo artifact (shufflenet-v2-12 ...), a variant (pretrained, "
                         "fetched when not cached) or VARIANT:random[:SEED] (default shufflenet_v2_x1_0)")
@@ -263,8 +265,14 @@ def _add_model_args(p, *, model_required: bool = False) -> None:
     p.add_argument("--resize", choices=["shorter", "square"],
                    help="shorter: shorter side to 256 (torchvision); square: whole image to 256x256 "
                         "(the zoo notebook); default: the model's own")
-    p.add_argument("--exact", action="store_true",
-                   help="decode large JPEGs at full size (default: DCT draft decoding, see docs)")
+    if exact_flag:
+        p.add_argument("--exact", action="store_true",
+                       help="torchvision's decoding, bit for bit: full-size JPEGs, EXIF orientation ignored "
+                            "(default: photo decoding: EXIF orientation applied, large JPEGs draft-decoded)")
+    else:
+        p.add_argument("--photo-decoding", action="store_true",
+                       help="apply EXIF orientation and draft-decode large JPEGs (faster, not torchvision's; "
+                            "default: torchvision's exact decoding)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -290,7 +298,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bar = _Bar("evaluate", args.quiet or args.json)
     report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
                       label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
-                      resize=args.resize, exact=args.exact, progress=bar)
+                      resize=args.resize, exact=not args.photo_decoding, progress=bar)
     bar.close()
     if args.json:
         _print_json(report.to_dict())
@@ -318,7 +326,7 @@ def _add_evaluate(sub) -> None:
                        description="DATA: an ImageFolder (folders named by WordNet id or class "
                                    "name), files named <wnid>_<anything>, or a flat folder with "
                                    "--label-file ('filename index' per line).")
-    _add_model_args(p)
+    _add_model_args(p, exact_flag=False)
     p.add_argument("--data", required=True, help="the labelled image folder")
     p.add_argument("--label-file", help="'filename index' per line (ImageNet val convention)")
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
@@ -346,11 +354,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         return 0
     if not args.names:
         raise _usage("give an artifact name (see `shufflenet fetch --list`)")
+    if (args.opset is not None or args.base) and not args.manifest:
+        raise _usage("--opset and --base read a manifest: give --manifest as well")
     paths = {}
     for name in args.names:
-        a = find_artifact(name)
         bar = _Bar(name, args.quiet or args.json)
-        paths[name] = str(fetch(a, progress=bar, force=args.force))
+        if args.manifest:
+            from .hub_manifest import fetch_from_manifest
+
+            paths[name] = str(fetch_from_manifest(args.manifest, name, opset=args.opset, base=args.base,
+                                                  progress=bar, force=args.force))
+        else:
+            paths[name] = str(fetch(find_artifact(name), progress=bar, force=args.force))
         bar.close()
         if not args.json:
             print(paths[name])
@@ -370,6 +385,12 @@ def _add_fetch(sub) -> None:
                                    "~/.cache/shufflenet. $SHUFFLENET_MIRROR: a base URL tried first.")
     p.add_argument("names", nargs="*", help="artifact names, e.g. shufflenet-v2-12")
     p.add_argument("--list", action="store_true", help="list the known artifacts and what is cached")
+    p.add_argument("--manifest", metavar="PATH_OR_URL",
+                   help="an ONNX hub manifest (the Model Zoo's ONNX_HUB_MANIFEST.json or a zoo build's "
+                        "manifest.json): NAME is a hub model name or file name (add .tar.gz for the bundle)")
+    p.add_argument("--opset", type=_positive_int, help="with --manifest: this opset (default: the newest)")
+    p.add_argument("--base", metavar="URL_OR_DIR",
+                   help="with --manifest: where model paths are relative to (default: the manifest's location)")
     p.add_argument("--force", action="store_true", help="download again even when cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
@@ -590,7 +611,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\nshufflenet zoo: {result.artifact.name} failed: {result.error}\n")
 
     summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib, force=args.force,
-                    eval_data=args.eval_data, label_file=args.label_file, progress=progress)
+                    eval_data=args.eval_data, label_file=args.label_file, batch=args.batch, progress=progress)
     bar.close()
     if args.json:
         _print_json(summary)
@@ -608,7 +629,7 @@ def _add_zoo(sub) -> None:
     b = zsub.add_parser("build", help="export, quantize, bundle and validate every artifact",
                         description="Rebuilds shufflenet-3/6/7/8/9 (Caffe2 V1), shufflenet-v2-10/12 and "
                                     "the int8 (QOperator) and QDQ V2, each .onnx + .tar.gz with test data, "
-                                    "validated; writes manifest.json (zoo hub keys) and README.md. With "
+                                    "validated; writes manifest.json (the ONNX hub's format) and README.md. With "
                                     "--weights random everything runs offline (and is labelled untrained).")
     b.add_argument("-o", "--out", required=True, help="the folder to build into (must be new or empty)")
     b.add_argument("--force", action="store_true",
@@ -617,8 +638,10 @@ def _add_zoo(sub) -> None:
     b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
                                                      "or a comma list of variants")
     b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")
-    b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table")
+    b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table (torchvision's exact decoding)")
     b.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
+    b.add_argument("--batch", type=_positive_int,
+                   help="fixed batch size: 1 writes the zoo's static shapes (default: dynamic batch N)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
     b.set_defaults(handler=_cmd_zoo)

@@ -120,8 +120,16 @@ class EvalReport:
 
 def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=None,
              batch_size: int = 32, threads: int | None = None, resize: str | None = None,
-             exact: bool = False, progress=None) -> EvalReport:
-    """Accuracy of ``model`` on ``data``; with ``compare``, agreement of the two on the same images."""
+             exact: bool = True, progress=None) -> EvalReport:
+    """Accuracy of ``model`` on ``data``; with ``compare``, agreement of the two on the same images.
+
+    ``exact=True`` (the default) preprocesses as torchvision's ImageNet evaluation does, bit for
+    bit (full-size JPEG decoding, EXIF orientation ignored), the path published accuracies come
+    from; ``exact=False`` opts into photo decoding (EXIF orientation, JPEG draft decoding: faster,
+    not torchvision's). The report's ``preprocessing`` names the one used.
+    """
+    from .preprocess import describe
+
     # local arguments first: a typo must not cost a model download
     if not Path(data).is_dir():
         raise DatasetError(f"{data}: not a folder")
@@ -152,9 +160,7 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
             ok_idx.append(i)
     if n == 0:
         raise DatasetError(f"{data}: none of the {len(samples)} images could be read")
-    report = EvalReport(clf.source, str(data), layout,
-                        f"{clf.resize} resize {clf.recipe.resize}, crop {clf.recipe.crop}"
-                        + ("" if clf.exact else ", JPEG draft decoding"),
+    report = EvalReport(clf.source, str(data), layout, describe(clf.recipe, resize=clf.resize, exact=clf.exact),
                         n, 100.0 * hit1 / n, 100.0 * hit5 / n, seconds, n / seconds, skipped)
     if compare is not None:
         report.compare = _compare(clf, np.stack(ok_rows), compare, [samples[i].path for i in ok_idx],

@@ -1,5 +1,14 @@
 """One preprocessing definition: image -> float32 NCHW, exactly as torchvision evaluates.
 
+Two ways to decode a file, named in every report (:func:`describe`):
+
+* ``exact`` (``evaluate``'s default, ``classify --exact``): torchvision's ImageNet evaluation,
+  bit for bit: the file decoded at full size, EXIF orientation ignored, ``Image.convert("RGB")``
+  as torchvision's ``pil_loader`` does.
+* ``photo`` (``classify``'s default): EXIF orientation applied (a phone photo stands upright),
+  large JPEGs decoded in draft mode (:data:`DRAFT_MARGIN`), transparency composited on white and
+  16-bit images scaled rather than clamped (:func:`to_rgb`).
+
 ``Resize(256)`` of the shorter side with Pillow bilinear (antialiased when shrinking, as PIL
 always is), the long side truncated like torchvision (``int(256 * long / short)``), then
 ``CenterCrop(224)`` with torchvision's rounding of the offsets (Python's round-half-even), then
@@ -21,8 +30,11 @@ from PIL import Image, ImageOps
 from .errors import ShuffleNetError
 from .specs import Preprocess, get_spec
 
-__all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "to_rgb", "RESIZE_MODES",
-           "ALLOWED_FORMATS", "MAX_PIXELS"]
+__all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "to_rgb", "describe", "RESIZE_MODES",
+           "ALLOWED_FORMATS", "MAX_PIXELS", "DECODINGS"]
+
+#: "exact": torchvision's eval decoding; "photo": EXIF orientation + JPEG draft decoding
+DECODINGS = ("exact", "photo")
 
 RESIZE_MODES = ("shorter", "square")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -42,16 +54,21 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, like
 DRAFT_MARGIN = 2
 
 
-def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open a path, bytes or PIL image as an upright RGB PIL image.
+def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PIXELS,
+               exact: bool = False) -> Image.Image:
+    """Open a path, bytes or PIL image as an RGB PIL image.
 
     Only :data:`ALLOWED_FORMATS` are opened; more than ``max_pixels`` is refused before decoding;
-    truncated files raise. EXIF orientation is applied. Every mode is converted on purpose:
+    truncated files raise. ``exact=True`` is torchvision's ``pil_loader``: EXIF orientation is
+    ignored, ``draft_size`` must be None and the mode becomes RGB by ``Image.convert("RGB")``.
+    Otherwise (photo decoding) EXIF orientation is applied and every mode is converted on purpose:
     palette/LA/RGBA transparency composited on :data:`BACKGROUND`, 16-bit and 32-bit integer
     images scaled (not clamped) to 8 bits, float images taken as [0, 1] or [0, 255].
     ``draft_size``: JPEGs may be decoded at 1/2, 1/4 or 1/8 scale (DCT domain) as long as both
     sides stay >= draft_size.
     """
+    if exact and draft_size:
+        raise ImageError("exact decoding reads every JPEG at full size: draft_size must be None")
     if isinstance(image, Image.Image):
         img, name = image, "<image>"
     else:
@@ -91,11 +108,26 @@ def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PI
         except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
             img.close()
             raise ImageError(f"{name}: cannot decode image ({e})") from None
+    if exact:  # torchvision's pil_loader: img.convert("RGB"), orientation tag ignored
+        if img.mode == "RGB":
+            return img
+        try:
+            return img.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not make the pixels unusable
         pass
     return to_rgb(img, name)
+
+
+def describe(recipe: Preprocess, *, resize: str | None = None, exact: bool) -> str:
+    """The one-line name of a preprocessing, as every report prints it."""
+    mode = resize or recipe.resize_mode
+    decoding = ("exact decoding (torchvision: full-size JPEG, EXIF orientation ignored)" if exact else
+                "photo decoding (EXIF orientation applied, JPEG draft decoding)")
+    return f"{mode} resize {recipe.resize}, crop {recipe.crop}, {decoding}"
 
 
 def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
@@ -190,11 +222,12 @@ def preprocess_image(image, *, variant: str | None = None, resize: str | None = 
     """A path, bytes or PIL image -> float32 NCHW ``[1, 3, 224, 224]`` for ``variant``'s recipe.
 
     ``resize``: "shorter" (the recipe's default, torchvision's) or "square" (the zoo notebook's).
-    ``exact=False`` lets large JPEGs decode in draft mode (see :data:`DRAFT_MARGIN`); PIL images
-    and ``exact=True`` always take the exact path.
+    ``exact=True``: torchvision's eval transform bit for bit (no EXIF transpose, no draft
+    decoding); ``exact=False`` (photo decoding) applies EXIF orientation and lets large JPEGs
+    decode in draft mode (see :data:`DRAFT_MARGIN`).
     """
     if recipe is not None and variant is not None:
         raise ImageError("give either variant or recipe, not both")
     recipe = recipe or (get_spec(variant).preprocess if variant else Preprocess())
     draft = None if exact else DRAFT_MARGIN * recipe.resize
-    return preprocess_pil(load_image(image, draft_size=draft), recipe, resize=resize)
+    return preprocess_pil(load_image(image, draft_size=draft, exact=exact), recipe, resize=resize)

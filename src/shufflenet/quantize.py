@@ -85,6 +85,30 @@ def cpu_has_vnni() -> bool:
 
 
 
+def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove opset imports no node uses (ONNX Runtime's quantizer imports ai.onnx.ml,
+    ai.onnx.training, com.microsoft.nchwc ... whether used or not); the default domain stays."""
+    used = {"", "ai.onnx"}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for n in graph.node:
+            used.add(n.domain)
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(model.graph)
+    for f in model.functions:
+        used.add(f.domain)
+        for n in f.node:
+            used.add(n.domain)
+    # sorted: ORT collects them in a set, whose order changes with the process's hash seed
+    keep = sorted((o for o in model.opset_import if o.domain in used), key=lambda o: (o.domain not in ("", "ai.onnx"), o.domain))
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -407,6 +431,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     ``eval_data`` is a labelled folder in any of :func:`shufflenet.evaluate.discover`'s layouts;
     ``label_file`` ('filename index' per line) labels a flat one."""
     from .evaluate import discover
+    from .preprocess import describe
     from .weights import atomic_write
 
     opts = options or QuantizeOptions()
@@ -428,7 +453,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     fp32 = _upgrade_legacy(fp32, source)
     if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
         raise QuantizeError(f"{source} is already quantized")
-    clf = Classifier(fp32)
+    clf = Classifier(fp32, exact=True)  # calibration and --eval-data: torchvision's decoding
     _, kind, _ = _model_info(fp32)
     dims = fp32.graph.input[0].type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
@@ -528,6 +553,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             "weight_type": "int8", "reduce_range": not cpu_has_vnni(), "calib_method": method,
             "calib_images": len(calib_data), "calib_seed": opts.seed, "excluded_nodes": final_exclude,
             "fp32_stem": fp32_nodes,
+            "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
             "opset": model_opset(best_q), "tool": f"onnxruntime {__import__('onnxruntime').__version__} quantize_static",
         }
         criterion = None
@@ -544,6 +570,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
             meta["quantization_criterion"] = json.dumps(criterion)
         del best_q.metadata_props[:]
         onnx.helper.set_model_props(best_q, meta)
+        drop_unused_opsets(best_q)
         onnx.checker.check_model(best_q, full_check=True)
         Runner(best_q)
         atomic_write(output, lambda t: t.write_bytes(best_q.SerializeToString()))

@@ -149,8 +149,10 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
         return model, "<in-memory model>"
     text = os.fspath(model)
     path = Path(text)
-    if path.exists():
-        return _load_local(path), str(path)
+    if path.exists():  # a .onnx, a bundle folder or a .tar.gz, in any of the zoo's layouts
+        from .bundle import load_any_model
+
+        return load_any_model(path), str(path)
     name, sep, rest = text.partition(":")
     if sep and name in list_variants():
         if not rest.startswith("random"):
@@ -183,26 +185,6 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
         raise RuntimeError_(f"{text}: no such file")
     raise RuntimeError_(f"{text!r} is not a file, a variant (see `shufflenet list`), VARIANT:random[:SEED] "
                         f"or a zoo artifact ({', '.join(sorted(zoo))})")
-
-
-def _load_local(path: Path) -> onnx.ModelProto:
-    """A .onnx, an archive or a folder on disk -> its one model (archives extracted safely)."""
-    import tempfile
-
-    from .bundle import load_model_checked, safe_extract
-
-    if path.is_file() and not path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
-        return load_model_checked(path)
-    with tempfile.TemporaryDirectory(prefix="shufflenet-model-") as tmp:
-        folder = safe_extract(path, Path(tmp) / "x") if path.is_file() else path
-        candidates = list(folder.glob("model.onnx")) or list(folder.glob("*.onnx"))
-        if not candidates:  # a zoo archive: one top-level folder
-            subdirs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("test_data_set_")]
-            if len(subdirs) == 1:
-                candidates = list(subdirs[0].glob("model.onnx")) or list(subdirs[0].glob("*.onnx"))
-        if len(candidates) != 1:
-            raise RuntimeError_(f"{path}: expected one .onnx model in it, found {len(candidates)}")
-        return load_model_checked(candidates[0])
 
 
 def _offline_alternatives(variant: str) -> str:
@@ -252,10 +234,12 @@ class Classifier:
         self.metadata = {p.key: p.value for p in proto.metadata_props}
 
     def decode(self, image):
-        """A path, bytes or PIL image -> upright RGB PIL image (JPEG draft unless ``exact``)."""
+        """A path, bytes or PIL image -> RGB PIL image: torchvision's decoding with ``exact``,
+        else photo decoding (EXIF orientation, JPEG draft); see :mod:`shufflenet.preprocess`."""
         from .preprocess import DRAFT_MARGIN, load_image
 
-        return load_image(image, draft_size=None if self.exact else DRAFT_MARGIN * self.recipe.resize)
+        return load_image(image, draft_size=None if self.exact else DRAFT_MARGIN * self.recipe.resize,
+                          exact=self.exact)
 
     def prepare(self, img) -> np.ndarray:
         """An RGB PIL image -> the model's float32 [1, 3, H, W] input."""

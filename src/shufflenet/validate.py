@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .bundle import BundleError, find_test_sets, load_model_checked, pack_tar, safe_extract, write_bundle
+from .bundle import (BundleError, find_test_sets, is_archive, load_model_checked, locate_model, pack_tar,
+                     safe_extract, write_bundle)
 from .onnx_export import export_onnx
 from .preprocess import preprocess_pil
 from .onnx_legacy import model_opset
@@ -50,6 +51,8 @@ class ValidationReport:
     checker: str
     engine: str
     sets: list[SetResult] = field(default_factory=list)
+    #: what computed the expected outputs, from the bundle's bundle.json ("unknown" without one)
+    expected_outputs: str = "unknown (no bundle.json)"
 
     @property
     def passed(self) -> bool:
@@ -82,20 +85,32 @@ def _locate(path: Path, tmp: Path) -> tuple[Path, Path]:
     """(model file, folder holding the test sets) for any accepted PATH form."""
     if not path.exists():
         raise BundleError(f"{path}: no such file or folder")
-    if path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
+    if path.is_file() and is_archive(path):
         path = safe_extract(path, tmp / "bundle")
     if path.is_file():
         if path.suffix != ".onnx":
             raise BundleError(f"{path}: expected a .onnx, a bundle folder or a .tar.gz")
         return path, path.parent
-    candidates = list(path.glob("model.onnx")) or list(path.glob("*.onnx"))
-    if not candidates:  # an archive's single top-level folder
-        subdirs = [d for d in path.iterdir() if d.is_dir() and not d.name.startswith("test_data_set_")]
-        if len(subdirs) == 1:
-            candidates = list(subdirs[0].glob("model.onnx")) or list(subdirs[0].glob("*.onnx"))
-    if len(candidates) != 1:
-        raise BundleError(f"{path}: expected exactly one .onnx model, found {len(candidates)}")
-    return candidates[0], candidates[0].parent
+    model = locate_model(path)
+    return model, model.parent
+
+
+def _reference_of(folder: Path) -> str:
+    """The bundle.json's account of where the expected outputs came from."""
+    import json
+
+    from .bundle import BUNDLE_METADATA
+
+    meta = folder / BUNDLE_METADATA
+    if not meta.is_file():
+        return "unknown (no bundle.json)"
+    try:
+        if meta.stat().st_size > 1 << 20:
+            raise ValueError("larger than 1 MiB")
+        value = json.loads(meta.read_text("utf-8")).get("expected_outputs")
+    except (OSError, ValueError, AttributeError) as e:
+        return f"unknown (unreadable bundle.json: {e})"
+    return str(value)[:200] if value else "unknown (not stated in bundle.json)"
 
 
 def validate(path: str | os.PathLike, *, threads: int | None = None) -> ValidationReport:
@@ -106,13 +121,14 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
         model = load_model_checked(model_path)
         sets = find_test_sets(data_dir)
         if not sets:
-            raise BundleError(f"{data_dir}: no test_data_set_* folders beside {model_path.name}")
+            raise BundleError(f"{data_dir}: no test_data_set_* folders or test_data_*.npz files beside {model_path.name}")
         try:
             onnx.checker.check_model(model, full_check=True)
             checker = "passed"
         except Exception as e:  # onnx raises ValidationError / InferenceError
             checker = f"failed: {str(e).strip().splitlines()[0]}"
         report = ValidationReport(str(path), model.graph.name, model_opset(model), checker, "")
+        report.expected_outputs = _reference_of(data_dir)
         runner = Runner(model, threads=threads)
         report.engine = runner.engine
         for ts in sets:
@@ -126,7 +142,8 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
             for k, (name, expected) in enumerate(ts.outputs):
                 tensor = name or runner.output_names[k]
                 idx = runner.output_names.index(tensor) if tensor in runner.output_names else k
-                report.sets.append(_compare(f"{ts.path.name}/output_{k}.pb", tensor, expected, got[idx]))
+                label = (f"{ts.path.name}/output_{k}.pb" if ts.path.is_dir() else f"{ts.path.name}[outputs][{k}]")
+                report.sets.append(_compare(label, tensor, expected, got[idx]))
         return report
 
 
@@ -146,8 +163,14 @@ test_inputs.__test__ = False  # not a pytest test
 
 def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 3, name: str | None = None,
                   tar: bool = False, seed: int = 0, model: onnx.ModelProto | None = None,
+                  root: str | None = None, model_file: str = "model.onnx", legacy_npz: bool = False,
                   **export_kwargs) -> dict[str, Path]:
-    """Export (or take ``model``) and write ``<out_dir>/<name>/`` with ``test_data`` sets, + tar."""
+    """Export (or take ``model``) and write ``<out_dir>/<name>/`` with ``test_data`` sets, + tar.
+
+    ``root``: the folder inside the archive (default ``<name>``; the zoo's V1 rows use
+    ``shufflenet``, its V2-10 ``model/test_shufflenetv2``); ``model_file`` the model's file name;
+    ``legacy_npz`` adds the zoo's old ``test_data_<k>.npz`` files.
+    """
     if test_data < 1:
         raise BundleError(f"test_data must be at least 1, got {test_data}")
     if model is None:
@@ -157,14 +180,21 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
     name = name or f"{variant}-{model_opset(model)}"
     from .runtime import _model_info
 
-    runner = Runner(model)
     inputs = test_inputs(variant, test_data, batch=fixed, seed=seed, recipe=_model_info(model)[0])
-    sets = [(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs]
-    folder = write_bundle(model, out_dir, name, sets)
-    out = {"bundle": folder, "model": folder / "model.onnx"}
+    sets, reference = expected_outputs(variant, model, inputs)
+    folder = write_bundle(model, out_dir, name, sets, model_file=model_file, legacy_npz=legacy_npz,
+                          metadata={"expected_outputs": reference, "variant": variant})
+    out = {"bundle": folder, "model": folder / model_file, "reference": reference}
     if tar:
-        out["tar"] = pack_tar(folder, Path(out_dir) / f"{name}.tar.gz")
+        out["tar"] = pack_tar(folder, Path(out_dir) / f"{name}.tar.gz", root=root or name)
     return out
+
+
+def expected_outputs(variant: str, model: onnx.ModelProto, inputs: list[np.ndarray]
+                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """(input, expected output) pairs and the name of the computation that produced them."""
+    runner = Runner(model)
+    return [(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs], f"{runner.engine} on this model"
 
 
 def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
