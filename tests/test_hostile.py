@@ -1,0 +1,409 @@
+"""Hostile and broken input (issue 13): each case builds its hostile file here and checks that it
+ends in one ShuffleNetError, bounded, before the work it would cost."""
+
+import gzip
+import http.server
+import io
+import lzma
+import os
+import pickle
+import struct
+import tarfile
+import threading
+import time
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from shufflenet import hub
+from shufflenet.bundle import BundleError, find_test_sets, load_model_checked, safe_extract
+from shufflenet.errors import ShuffleNetError, UnsafeFileError, WeightsError
+from shufflenet.labels import LabelsError, load_labels
+from shufflenet.preprocess import ImageError, load_image, preprocess_image
+from shufflenet.runtime import expand_inputs
+from shufflenet.specs import Artifact
+from shufflenet.weights import load_weights
+
+SECRET = np.arange(4, dtype=np.float32) + 1000  # what a leak would print
+
+
+def _if_model(location: str, *, offset=None, length=None) -> onnx.ModelProto:
+    """y = If(cond) then <initializer in the then-branch, stored as external data> else zeros."""
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        if value is not None:
+            w.external_data.add(key=key, value=str(value))
+    then = helper.make_graph([helper.make_node("Identity", ["w"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])], initializer=[w])
+    zeros = numpy_helper.from_array(np.zeros(4, np.float32), "z")
+    other = helper.make_graph([helper.make_node("Constant", [], ["e"], value=zeros)], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4])])
+    graph = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+                              "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+# --------------------------------------------------------------------------- 1, 2: no reads outside
+
+
+def test_1_subgraph_external_data_never_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    cwd, models = tmp_path / "cwd", tmp_path / "models"
+    cwd.mkdir(), models.mkdir()
+    (cwd / "secret.bin").write_bytes(SECRET.tobytes())
+    onnx.save(_if_model("secret.bin"), models / "evil.onnx")
+    monkeypatch.chdir(cwd)
+    with pytest.raises(BundleError, match="secret.bin.*missing"):
+        load_model_checked(models / "evil.onnx")
+
+
+def test_1_subgraph_external_data_inside_the_folder_is_embedded(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"\0" * 8 + SECRET.tobytes())
+    onnx.save(_if_model("w.bin", offset=8, length=16), tmp_path / "m.onnx")
+    model = load_model_checked(tmp_path / "m.onnx")
+    from shufflenet.bundle import all_tensors
+
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in all_tensors(model))
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"cond": np.array(True)})[0], SECRET)
+
+
+def test_1_sparse_initializer_external_data_is_checked(tmp_path, monkeypatch):
+    model = _if_model("w.bin")
+    values = TensorProto(name="sv", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+    values.external_data.add(key="location", value="../secret.bin")
+    sp = model.graph.sparse_initializer.add()
+    sp.values.CopyFrom(values)
+    sp.indices.CopyFrom(numpy_helper.from_array(np.array([0], np.int64), "si"))
+    sp.dims.extend([4])
+    (tmp_path / "secret.bin").write_bytes(SECRET.tobytes())
+    (tmp_path / "m").mkdir()
+    onnx.save(model, tmp_path / "m" / "m.onnx")
+    with pytest.raises(UnsafeFileError, match="outside the model folder"):
+        load_model_checked(tmp_path / "m" / "m.onnx")
+
+
+def test_2_test_data_pb_external_data_never_reads_the_working_directory(tmp_path, monkeypatch):
+    cwd, bundle = tmp_path / "cwd", tmp_path / "bundle"
+    (bundle / "test_data_set_0").mkdir(parents=True), cwd.mkdir()
+    (cwd / "secret.bin").write_bytes(SECRET.tobytes())
+    t = TensorProto(name="x", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    t.external_data.add(key="location", value="secret.bin")
+    (bundle / "test_data_set_0" / "input_0.pb").write_bytes(t.SerializeToString())
+    monkeypatch.chdir(cwd)
+    with pytest.raises(BundleError, match="missing"):
+        find_test_sets(bundle)
+    # inside its own folder it is read (and only from there)
+    (bundle / "test_data_set_0" / "secret.bin").write_bytes(SECRET.tobytes())
+    np.testing.assert_array_equal(find_test_sets(bundle)[0].inputs[0][1], SECRET)
+
+
+# --------------------------------------------------------------------------- 3..7: bounded work
+
+
+def test_3_resized_size_is_bounded_before_resizing(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 1), (9, 9, 9)).save(buf, "PNG")  # resizes to 256 x 76,800
+    with pytest.raises(ImageError, match="more than .* pixels"):
+        preprocess_image(buf.getvalue())
+    Image.new("RGB", (300, 3)).save(tmp_path / "ok.png")  # 256 x 25,600: allowed
+    assert preprocess_image(tmp_path / "ok.png").shape == (1, 3, 224, 224)
+
+
+class _Server:
+    """One URL with a chosen body: ``body`` bytes then close, or a byte every ``drip`` seconds."""
+
+    def __init__(self, body: bytes, *, length: int | None = None, drip: float | None = None):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                try:
+                    if drip is None:
+                        self.wfile.write(body)
+                    else:
+                        for b in body:
+                            self.wfile.write(bytes([b]))
+                            self.wfile.flush()
+                            time.sleep(drip)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/f.pth"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SHUFFLENET_MIRROR", raising=False)
+    return tmp_path / "cache"
+
+
+def _unsized(url):
+    return Artifact(name="torchvision-x", variant="shufflenet_v2_x0_5", kind="torchvision-pth", urls=(url,),
+                    sha256_prefix="00000000", size=None)
+
+
+def _leftovers(cache):
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_4_unsized_download_is_capped(cache, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_UNSIZED_DOWNLOAD_BYTES", 1 << 20)
+    server = _Server(b"x" * (3 << 20))  # no Content-Length: only the cap stops it
+    try:
+        with pytest.raises(hub.HubError, match="more than the limit of 1,048,576 bytes"):
+            hub.fetch(_unsized(server.url))
+    finally:
+        server.httpd.shutdown()
+    assert _leftovers(cache) == []
+
+
+def test_4_unsized_download_with_a_large_content_length_is_refused_before_reading(cache, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_UNSIZED_DOWNLOAD_BYTES", 1 << 20)
+    server = _Server(b"x" * 10, length=5 << 20)
+    try:
+        with pytest.raises(hub.HubError, match="5,242,880 bytes, more than the limit"):
+            hub.fetch(_unsized(server.url))
+    finally:
+        server.httpd.shutdown()
+    assert _leftovers(cache) == []
+
+
+def test_5_a_dripping_server_meets_the_overall_deadline(cache, monkeypatch):
+    monkeypatch.setattr(hub, "DOWNLOAD_DEADLINE_S", 0.5)
+    server = _Server(b"y" * 200, drip=0.05)  # 10 s in all, each read well inside the socket timeout
+    try:
+        with pytest.raises(hub.HubError, match="deadline"):
+            hub.fetch(_unsized(server.url))
+    finally:
+        server.httpd.shutdown()
+    assert _leftovers(cache) == []
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A FIFO named like an image; a watchdog unblocks a reader that opened it anyway."""
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def unblock():
+        while not stop.wait(2.0):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # EOF for a blocked reader
+            except OSError:
+                pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    yield path
+    stop.set()
+
+
+def test_6_fifo_images_are_refused_not_opened(tmp_path, fifo):
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    files, problems = expand_inputs([str(tmp_path / "*.png")])
+    assert files == [tmp_path / "good.png"]
+    assert problems == [(str(fifo), "is a FIFO, not a regular file; refused")]
+    files, problems = expand_inputs([str(fifo)])
+    assert not files and "FIFO" in problems[0][1]
+    with pytest.raises(ImageError, match="FIFO"):
+        load_image(fifo)
+
+
+def test_6_fifo_labels_file_is_refused(fifo):
+    with pytest.raises(LabelsError, match="FIFO"):
+        load_labels(fifo)
+
+
+def _zip_checkpoint(path, pkl: bytes, members: dict[str, bytes] | None = None):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        for name, data in (members or {}).items():
+            z.writestr(f"archive/data/{name}", data)
+
+
+def _global_pickle(size, stride, numel=1) -> bytes:
+    """Hand-written protocol-2 pickle of {'w': _rebuild_tensor_v2(storage, 0, size, stride, False, {})}."""
+    def s(text):
+        b = text.encode()
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    def ints(values):
+        return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+    storage = (b"(" + s("storage") + b"ctorch\nFloatStorage\n" + s("0") + s("cpu")
+               + b"J" + struct.pack("<i", numel) + b"tQ")
+    call = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"J\x00\x00\x00\x00"
+            + ints(size) + ints(stride) + b"\x89}tR")
+    return b"\x80\x02}" + s("w") + call + b"s."
+
+
+def test_7_stride_zero_tensor_is_refused_before_it_is_materialised(tmp_path):
+    from shufflenet._torch_pickle import load_state_dict
+
+    path = tmp_path / "stride0.pth"
+    _zip_checkpoint(path, _global_pickle((8192, 9600), (0, 0)), {"0": b"\0" * 4})  # 314 MB of one float
+    assert path.stat().st_size < 1000
+    with pytest.raises(UnsafeFileError, match="over the limit"):
+        load_state_dict(path)
+
+
+def test_7_stride_zero_tensor_is_refused_through_torch_too(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "stride0.pth"
+    torch.save({"w": torch.zeros(1).expand(8192, 9600)}, path)
+    with pytest.raises(UnsafeFileError, match="over the limit"):
+        load_weights(path)
+
+
+def test_7_zip_bomb_storage_is_refused_before_inflating(tmp_path):
+    from shufflenet._torch_pickle import load_state_dict
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", _global_pickle((4,), (1,), numel=4))
+        with z.open("archive/data/0", "w", force_zip64=True) as f:
+            block = b"\0" * (1 << 20)
+            for _ in range(300):
+                f.write(block)
+    assert path.stat().st_size < 2 << 20
+    with pytest.raises(UnsafeFileError, match="unpacks to"):
+        load_state_dict(path)
+    with pytest.raises(UnsafeFileError, match="unpacks to"):
+        load_weights(path)
+
+
+def test_7_npz_header_is_checked_before_allocating(tmp_path):
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (100000, 100000)})
+    member.write(b"\0" * 16)
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("w.npy", member.getvalue())
+    with pytest.raises(UnsafeFileError, match="over the limit"):
+        load_weights(path)
+
+
+def _sparse_tar(path, realsize):
+    """A PAX (GNU sparse 1.0) member: a few header bytes that unpack to ``realsize`` bytes of holes."""
+    info = tarfile.TarInfo("b/hole.bin")
+    sparse_map = b"1\n0\n0\n".ljust(512, b"\0")  # one region: offset 0, 0 bytes; the rest is a hole
+    info.size = len(sparse_map)
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "b/hole.bin",
+                        "GNU.sparse.realsize": str(realsize)}
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(sparse_map))
+
+
+def test_7_sparse_tar_member_is_refused(tmp_path):
+    _sparse_tar(tmp_path / "s.tar.gz", 1 << 20)
+    with tarfile.open(tmp_path / "s.tar.gz") as tar:
+        assert tar.getmembers()[0].issparse()  # the hostile file is what it claims
+    with pytest.raises(UnsafeFileError, match="sparse file"):
+        safe_extract(tmp_path / "s.tar.gz", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_7_member_over_the_member_cap_is_refused_from_its_header(tmp_path):
+    info = tarfile.TarInfo("b/big")
+    info.size = 5000
+    with tarfile.open(tmp_path / "b.tar", "w") as tar:
+        tar.addfile(info, io.BytesIO(b"\0" * 5000))
+    with pytest.raises(UnsafeFileError, match="5,000 bytes, more than the limit of 1,000"):
+        safe_extract(tmp_path / "b.tar", tmp_path / "out", max_member_bytes=1000)
+
+
+# --------------------------------------------------------------------------- 10: one clear error
+
+
+def test_10_self_referencing_and_deep_dicts_in_a_pth(tmp_path):
+    from shufflenet._torch_pickle import load_state_dict
+
+    d: dict = {}
+    d["self"] = d
+    _zip_checkpoint(tmp_path / "loop.pth", pickle.dumps(d, protocol=2))
+    with pytest.raises(WeightsError, match="contains itself"):
+        load_state_dict(tmp_path / "loop.pth")
+    n = 50_000
+    deep = b"\x80\x02" + (b"}X\x01\x00\x00\x00a") * n + b"}" + b"s" * n + b"."
+    _zip_checkpoint(tmp_path / "deep.pth", deep)
+    with pytest.raises(WeightsError, match="nested deeper"):
+        load_state_dict(tmp_path / "deep.pth")
+
+
+def test_10_deep_safetensors_header(tmp_path):
+    head = b"[" * 100_000
+    (tmp_path / "d.safetensors").write_bytes(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(WeightsError, match="nested deeper"):
+        load_weights(tmp_path / "d.safetensors")
+
+
+def test_10_deep_json_labels_and_short_tsv_rows(tmp_path):
+    (tmp_path / "l.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LabelsError, match="nested deeper"):
+        load_labels(tmp_path / "l.json")
+    (tmp_path / "l.tsv").write_text("index\twnid\tname\n0\tn01\tcat\n1\tn02\n")
+    with pytest.raises(LabelsError, match=r"l.tsv:3: expected"):
+        load_labels(tmp_path / "l.tsv")
+
+
+@pytest.mark.parametrize("offset,length", [(0, 1 << 40), (-5, 16), (20, 16), ("x", 16)])
+def test_10_external_data_offset_and_length_are_checked(tmp_path, offset, length):
+    (tmp_path / "w.bin").write_bytes(SECRET.tobytes())
+    onnx.save(_if_model("w.bin", offset=offset, length=length), tmp_path / "m.onnx")
+    with pytest.raises(ShuffleNetError, match="w.bin|offset"):
+        load_model_checked(tmp_path / "m.onnx")
+
+
+def _good_tar_bytes() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = os.urandom(4000)  # incompressible: corruption lands in data, not in a header
+        info = tarfile.TarInfo("b/f.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_10_corrupt_compressed_streams_and_gzip_crc(tmp_path):
+    raw = _good_tar_bytes()
+    gz = bytearray(gzip.compress(raw))
+    gz[-8] ^= 0xFF  # the CRC32 in the trailer
+    (tmp_path / "crc.tar.gz").write_bytes(gz)
+    with pytest.raises(BundleError, match="corrupt archive"):
+        safe_extract(tmp_path / "crc.tar.gz", tmp_path / "o1")
+    second = gzip.compress(raw) + bytearray(gzip.compress(b"\0" * 2048))[:12] + b"\xff" * 40
+    (tmp_path / "two.tar.gz").write_bytes(second)
+    with pytest.raises(BundleError, match="corrupt archive"):
+        safe_extract(tmp_path / "two.tar.gz", tmp_path / "o2")
+    xz = bytearray(lzma.compress(raw))
+    xz[len(xz) // 2] ^= 0xFF
+    (tmp_path / "bad.tar.xz").write_bytes(xz)
+    with pytest.raises(BundleError):
+        safe_extract(tmp_path / "bad.tar.xz", tmp_path / "o3")
+    assert not any(p.name.startswith("o") for p in tmp_path.iterdir())
+
+
+def test_12_fifo_in_a_tar_is_called_a_fifo(tmp_path):
+    info = tarfile.TarInfo("b/pipe")
+    info.type = tarfile.FIFOTYPE
+    with tarfile.open(tmp_path / "f.tar", "w") as tar:
+        tar.addfile(info)
+    with pytest.raises(UnsafeFileError, match="is a FIFO"):
+        safe_extract(tmp_path / "f.tar", tmp_path / "out")
