@@ -2,6 +2,7 @@
 ends in one ShuffleNetError, bounded, before the work it would cost."""
 
 import gzip
+import json
 import http.server
 import io
 import lzma
@@ -407,3 +408,191 @@ def test_12_fifo_in_a_tar_is_called_a_fifo(tmp_path):
         tar.addfile(info)
     with pytest.raises(UnsafeFileError, match="is a FIFO"):
         safe_extract(tmp_path / "f.tar", tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- 11, 12: one clear line
+
+
+def _run(capsys, *argv):
+    from shufflenet.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], err
+
+
+def test_11_cache_folder_that_is_a_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("SHUFFLENET_HOME", str(tmp_path / "cache"))
+    rc, _, err = _run(capsys, "fetch", "shufflenet-v2-12")
+    assert rc == 2
+    _one_line(err, "shufflenet fetch: error:", str(tmp_path / "cache"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rc, _, err = _run(capsys, "classify", tmp_path / "a.png", "--model", "shufflenet-v2-12")
+    assert rc == 2
+    _one_line(err, "shufflenet classify: error:", str(tmp_path / "cache"))
+
+
+def test_11_demo_data_onto_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    rc, _, err = _run(capsys, "demo-data", tmp_path / "f", "--classes", "2", "--per-class", "2")
+    assert rc == 2
+    _one_line(err, "shufflenet demo-data: error:", str(tmp_path / "f"))
+
+
+def test_11_export_onto_a_folder_and_a_full_disk(tmp_path, monkeypatch, capsys):
+    (tmp_path / "dir.onnx").mkdir()
+    rc, _, err = _run(capsys, "export", "shufflenet_v2_x0_5", "-o", tmp_path / "dir.onnx")
+    assert rc == 2
+    _one_line(err, "shufflenet export: error:", str(tmp_path / "dir.onnx"))
+    import errno
+
+    import shufflenet.weights as weights
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+
+    monkeypatch.setattr(weights.os, "replace", full)
+    rc, _, err = _run(capsys, "export", "shufflenet_v2_x0_5", "-o", tmp_path / "m.onnx")
+    assert rc == 2
+    _one_line(err, "shufflenet export: error:", "No space left on device")
+
+
+def test_11_train_onto_a_file(tmp_path, capsys):
+    pytest.importorskip("torch")
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(tmp_path / "data" / c / "x.png")
+    (tmp_path / "run").write_text("a file")
+    rc, _, err = _run(capsys, "train", "--data", tmp_path / "data", "-o", tmp_path / "run", "--epochs", "1")
+    assert rc == 2
+    _one_line(err, "shufflenet train: error:", str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("config,classes", [("[1]", '["a", "b"]'), ('{"variant": 5}', '["a", "b"]'),
+                                            ('{"variant": "shufflenet_v2_x0_5"}', '{"a": 1}')])
+def test_11_malformed_run_config_and_classes(tmp_path, capsys, config, classes):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(b"")
+    (run / "config.json").write_text(config)
+    (run / "classes.json").write_text(classes)
+    rc, _, err = _run(capsys, "export", "shufflenet_v2_x0_5", "--weights", run, "-o", tmp_path / "m.onnx")
+    assert rc == 2
+    _one_line(err, "shufflenet export: error:")
+
+
+@pytest.mark.parametrize("config", ["[1]", '{"data": 5}', '{"data": "d", "epochs": "ten"}', "[" * 5000])
+def test_11_malformed_config_on_resume(tmp_path, capsys, config):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(config)
+    rc, _, err = _run(capsys, "train", "--resume", tmp_path / "run")
+    assert rc == 2
+    _one_line(err, "shufflenet train: error:", "config.json")
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    from shufflenet.onnx_export import export_onnx, save_model
+
+    return save_model(export_onnx("shufflenet_v2_x0_5", weights="random:0"),
+                      tmp_path_factory.mktemp("m") / "m.onnx")
+
+
+def test_12_evaluate_exits_1_when_images_were_skipped(tmp_path, capsys, random_model, monkeypatch):
+    folder = tmp_path / "data" / "n01440764"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    args = ("evaluate", "--model", random_model, "--data", tmp_path / "data", "--threads", "1")
+    rc, out, _ = _run(capsys, *args)
+    assert rc == 1 and "bad.png" in out
+    rc, out, _ = _run(capsys, *args, "--json")
+    assert rc == 1 and len(json.loads(out)["skipped"]) == 1
+    # an unreadable class folder is reported, not silently empty
+    (folder / "bad.png").unlink()
+    (tmp_path / "data" / "n01443537").mkdir()
+    real = type(folder).iterdir
+
+    def iterdir(self):
+        if self.name == "n01443537":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(type(folder), "iterdir", iterdir)
+    rc, out, _ = _run(capsys, *args)
+    assert rc == 1 and "n01443537: cannot list folder (Permission denied)" in out
+
+
+def test_12_train_refuses_an_empty_class_folder(tmp_path):
+    from shufflenet.train import TrainError, find_images
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (16, 16)).save(tmp_path / c / "x.png")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(TrainError, match="holds no images"):
+        find_images(tmp_path)
+
+
+def test_12_labels_are_printed_with_control_characters_escaped(tmp_path, capsys, random_model):
+    (tmp_path / "labels.txt").write_text("".join(f"\x1b[2J\x1b]0;pwned\x07class {i}\n" for i in range(1000)))
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "a.png")
+    rc, out, _ = _run(capsys, "classify", tmp_path / "a.png", "--model", random_model,
+                      "--labels", tmp_path / "labels.txt", "--top", "2")
+    assert rc == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J\\x1b]0;pwned\\x07class" in out
+
+
+def test_12_validate_json_is_strict(tmp_path, capsys):
+    from shufflenet.bundle import write_bundle
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    # the expected output has another shape: infinite errors, which JSON cannot spell
+    folder = write_bundle(model, tmp_path, "b", [(np.ones(3, np.float32), np.ones(4, np.float32))])
+    rc, out, _ = _run(capsys, "validate", folder, "--json")
+    assert rc == 1
+
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    data = json.loads(out, parse_constant=refuse)
+    assert data["sets"][0]["max_abs_err"] is None and data["passed"] is False
+
+
+def test_12_damaged_torch_checkpoint_is_not_called_code_execution(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(b"\x80\x02" + b"\xfe" * 50)  # an unknown opcode: damaged, not code
+    with pytest.raises(WeightsError, match="Unsupported operand") as info:
+        load_weights(path)
+    assert not isinstance(info.value, UnsafeFileError)
+
+
+def test_12_bundle_and_extracted_folders_get_the_usual_mode(tmp_path):
+    from shufflenet.bundle import pack_tar, write_bundle
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    mask = os.umask(0o022)
+    try:
+        folder = write_bundle(model, tmp_path, "b", [(np.ones(3, np.float32), np.ones(3, np.float32))])
+        assert folder.stat().st_mode & 0o777 == 0o755
+        out = safe_extract(pack_tar(folder, tmp_path / "b.tar.gz"), tmp_path / "x")
+        assert out.stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(mask)

@@ -31,8 +31,17 @@ class Sample:
     label: int
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Regular image files in ``folder``; a folder that cannot be listed is an entry in ``skipped``
+    (an error when there is no list), never silently empty."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        if skipped is None:
+            raise DatasetError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+        skipped.append((str(folder), f"cannot list folder ({e.strerror or e})"))
+        return []
+    return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
@@ -75,9 +84,9 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
                 idx = by_name.get(d.name, by_name.get(d.name.replace("_", " ")))
             if idx is None:
                 skipped.extend((str(p), f"folder {d.name!r} is neither a WordNet id nor a class name")
-                               for p in _images(d))
+                               for p in _images(d, skipped))
                 continue
-            samples.extend(Sample(p, idx) for p in _images(d))
+            samples.extend(Sample(p, idx) for p in _images(d, skipped))
         return samples, skipped, "image folder"
     samples = []
     for p in _images(root):

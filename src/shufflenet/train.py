@@ -73,8 +73,18 @@ class TrainConfig:
 # --------------------------------------------------------------------------- data
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path, *, required: bool = True) -> list[Path]:
+    """The images of one class folder; an unreadable subfolder, or an empty class when
+    ``required`` (training), is an error: a class without images would silently widen the head."""
+    from .runtime import image_files
+
+    problems: list[tuple[str, str]] = []
+    found = image_files(folder, problems)
+    if problems:
+        raise TrainError(f"{problems[0][0]}: {problems[0][1]}")
+    if not found and required:
+        raise TrainError(f"{folder}: class folder holds no images; remove it or add images")
+    return found
 
 
 def find_images(data: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0):
@@ -89,7 +99,8 @@ def find_images(data: str | os.PathLike, *, val_fraction: float = 0.2, seed: int
         if val_classes and val_classes != classes:
             raise TrainError(f"{root}: train/ and val/ have different class folders")
         train = [(p, i) for i, c in enumerate(classes) for p in _images(root / "train" / c)]
-        val = [(p, i) for i, c in enumerate(classes) for p in _images(root / "val" / c)]
+        val = [(p, i) for i, c in enumerate(classes) if (root / "val" / c).is_dir()
+               for p in _images(root / "val" / c, required=False)]
     else:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         train, val = [], []
@@ -276,6 +287,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         cfg = TrainConfig.from_dict(saved)
     else:
         ckpt = None
+        if out.exists() and not out.is_dir():
+            raise TrainError(f"{out}: is a file, not a run folder; give a new folder with -o")
         if rank == 0 and out.exists() and any(out.iterdir()):
             raise TrainError(f"{out} exists and is not empty; use --resume {out} or a new folder")
 
@@ -424,13 +437,41 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Calla
     cfg_path = Path(run) / "config.json"
     if not cfg_path.is_file():
         raise TrainError(f"{run}: not a training run (no config.json)")
-    try:
-        cfg = replace(TrainConfig.from_dict(json.loads(cfg_path.read_text())), out=str(run))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise TrainError(f"{cfg_path}: unreadable ({e})") from None
+    cfg = replace(_config_from_file(cfg_path), out=str(run))
     if epochs:
         cfg = replace(cfg, epochs=epochs)
     return train(cfg, resume=True, progress=progress)
+
+
+def _config_from_file(path: Path) -> TrainConfig:
+    """A run's config.json, each field checked against the type of its default (never a
+    TypeError or AttributeError later, on a malformed file)."""
+    from dataclasses import MISSING
+
+    from ._safeio import json_loads, read_text
+
+    raw = json_loads(read_text(path, TrainError, "run config"), TrainError, str(path))
+    if not isinstance(raw, dict):
+        raise TrainError(f"{path}: expected a JSON object")
+    for f in fields(TrainConfig):
+        if f.name not in raw:
+            continue
+        value, default = raw[f.name], f.default
+        if default is MISSING or isinstance(default, str):
+            ok = isinstance(value, str)
+        elif default is None:
+            ok = value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise TrainError(f"{path}: {f.name} is {value!r}, which is not a valid value")
+    if "data" not in raw:
+        raise TrainError(f"{path}: no data folder recorded")
+    return TrainConfig.from_dict(raw)
 
 
 def _LogitsOnly(model, logits_name):

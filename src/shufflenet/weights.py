@@ -322,13 +322,21 @@ def _load_torch(path: Path) -> Weights:
         # weights_only=True: only tensors and plain containers; anything needing code is refused
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError ... for refused content
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = _torch_reason(e)
         if _needs_code(str(e)):
             raise UnsafeFileError(f"{path}: refused, the checkpoint needs code execution to load "
                                   f"({msg})") from None
-        detail = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line), msg)
-        raise WeightsError(f"cannot read {path}: {detail}") from None
+        raise WeightsError(f"cannot read {path}: {msg}") from None
     return _state_dict_to_numpy(obj, path)
+
+
+def _torch_reason(e: Exception) -> str:
+    """The informative line of torch's long weights_only message (else its first line)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if m:
+        return m.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def _needs_code(message: str) -> bool:
