@@ -8,7 +8,6 @@ import math
 import os
 import re
 import stat
-from pathlib import Path
 
 import numpy as np
 

@@ -12,7 +12,6 @@ reaches ONNX Runtime, so nothing is ever resolved against the working directory.
 
 from __future__ import annotations
 
-import bz2
 import lzma
 import os
 import re

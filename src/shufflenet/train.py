@@ -26,7 +26,6 @@ import numpy as np
 
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
-from .runtime import IMAGE_SUFFIXES
 from .specs import Preprocess, get_spec
 from .weights import _import_torch, atomic_write, random_weights, resolve_weights, save_weights, weights_digest
 
@@ -143,6 +142,13 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
             return len(samples)
 
         def __getitem__(self, key):
+            try:
+                return self._item(key)
+            except ShuffleNetError as e:  # a corrupt image: zeros, dropped from the batch by the step
+                size = cfg.img_size if train else recipe.crop
+                return torch.zeros(3, size, size), samples[key[1]][1], str(e) or type(e).__name__
+
+        def _item(self, key):
             epoch, index = key
             path, label = samples[index]
             img = load_image(path)
@@ -155,9 +161,62 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
                                                    mean=recipe.mean, std=recipe.std))
             else:
                 x = preprocess_pil(img, recipe)
-            return torch.from_numpy(x[0]), label
+            return torch.from_numpy(x[0]), label, ""
 
     return _Data()
+
+
+def _drop_unreadable(x, y, why, keys, samples, skipped: dict[str, str]):
+    """The batch without its unreadable images; each is recorded in ``skipped`` (path -> reason)."""
+    bad = [i for i, reason in enumerate(why) if reason]
+    if not bad:
+        return x, y
+    for i in bad:
+        skipped.setdefault(str(samples[keys[i][1]][0]), why[i])
+    keep = [i for i in range(len(why)) if not why[i]]
+    return x[keep], y[keep]
+
+
+class _StopAtBoundary(Exception):
+    """Raised between steps: an interrupt, or ``stop_after_steps``."""
+
+
+class _Interrupts:
+    """While active, the first Ctrl-C only sets ``requested``: the step in flight finishes and the
+    run stops at the next step boundary with a checkpoint. A second Ctrl-C raises
+    KeyboardInterrupt at once (that step is discarded; the last checkpoint stands)."""
+
+    def __init__(self, dist=None) -> None:
+        self.requested, self.dist, self._old = False, dist, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def stop_now(self) -> bool:
+        """Whether to stop; under DDP every rank agrees (any rank interrupted stops all)."""
+        if self.dist is None:
+            return self.requested
+        import torch
+
+        flag = torch.tensor([1 if self.requested else 0])
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class _Keys(list):
@@ -248,7 +307,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     ``stop_after_steps`` for tests) saves a resumable checkpoint and returns interrupted=True.
     """
     torch = _import_torch("training")
-    import torch.nn.functional as F
 
     from .torch_models import ShuffleNet
 
@@ -342,75 +400,83 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         return torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=_Keys(keys),
                                            num_workers=cfg.workers, drop_last=False)
 
-    def checkpoint(epoch: int, step: int) -> None:
+    def checkpoint(epoch: int, step: int, stats: dict | None = None) -> None:
+        """Only ever called between steps: the model, optimizer and BN counters agree with
+        ``global_step``. ``stats``: the epoch's running train statistics when mid-epoch."""
         if rank != 0:
             return
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                  "global_step": global_step, "config": json.dumps(asdict(cfg)), "classes": json.dumps(classes),
-                 "history": json.dumps(history), "best": best}
+                 "history": json.dumps(history), "best": best, "skipped": json.dumps(skipped),
+                 "epoch_stats": json.dumps(stats)}
         if ema is not None:
             state["ema"] = ema
         atomic_write(ckpt_path, lambda t: torch.save(state, t))
 
+    skipped: dict[str, str] = json.loads(ckpt.get("skipped", "{}")) if ckpt is not None else {}
+    resumed_stats = json.loads(ckpt.get("epoch_stats", "null")) if ckpt is not None else None
+    stats: dict = {}
+    interrupts = _Interrupts(dist)
     epoch = start_epoch
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            frozen = epoch < cfg.freeze_backbone_epochs
-            for name, p in model.named_parameters():
-                p.requires_grad_(not frozen or name in head_params)
-            net.train()
-            keys = _epoch_keys(len(train_set), epoch, cfg.seed, rank, world, shuffle=True)
-            skip = start_step if epoch == start_epoch else 0
-            keys = keys[skip * cfg.batch_size:]
-            loss_sum = correct = seen = 0.0
-            lr = _lr_at(max(global_step - 1, 0), total_steps, warmup, base_lr)
-            ep_t = time.perf_counter()
-            for step, (x, y) in enumerate(loader(keys, train_data), start=skip):
-                lr = _lr_at(global_step, total_steps, warmup, base_lr)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                global_step += 1
-                if ema is not None:
-                    with torch.no_grad():
-                        for k, v in model.state_dict().items():
-                            if v.dtype.is_floating_point:
-                                ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
-                            else:
-                                ema[k].copy_(v)
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((logits.argmax(1) == y).sum())
-                seen += len(y)
-                if progress:
-                    progress(epoch, step + 1, steps_per_epoch, float(loss.detach()))
-                if stop_after_steps is not None and global_step >= stop_after_steps:
-                    raise KeyboardInterrupt
-            if dist is not None:  # one set of BN statistics: rank 0's
-                for b in model.buffers():
-                    dist.broadcast(b, 0)
-            val_loss, val_acc = _evaluate(model, ema, val_set, recipe, cfg, logits_name) if val_set else (None, None)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
-                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - ep_t}
-            history.append(row)
-            if rank == 0:
-                eval_state = ema if ema is not None else model.state_dict()
-                numpy_state = {k: v.detach().cpu().numpy() for k, v in eval_state.items()}
-                save_weights(numpy_state, out / "last.safetensors", metadata=_st_meta(cfg, classes, init_source))
-                if val_acc is None or best is None or val_acc > best:
-                    best = val_acc
-                    save_weights(numpy_state, out / "best.safetensors", metadata=_st_meta(cfg, classes, init_source))
-                _write_metrics(out, history)
-            checkpoint(epoch + 1, 0)
-    except KeyboardInterrupt:
+        with interrupts:
+            for epoch in range(start_epoch, cfg.epochs):
+                frozen = epoch < cfg.freeze_backbone_epochs
+                for name, p in model.named_parameters():
+                    p.requires_grad_(not frozen or name in head_params)
+                net.train()
+                keys = _epoch_keys(len(train_set), epoch, cfg.seed, rank, world, shuffle=True)
+                skip = start_step if epoch == start_epoch else 0
+                keys = keys[skip * cfg.batch_size:]
+                stats = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0,
+                         "lr": _lr_at(max(global_step - 1, 0), total_steps, warmup, base_lr)}
+                if epoch == start_epoch and skip and resumed_stats:
+                    stats = resumed_stats  # the epoch's statistics so far, as the checkpoint left them
+                ep_t = time.perf_counter() - stats["seconds"]
+                for step, (x, y, why) in enumerate(loader(keys, train_data), start=skip):
+                    at = (step - skip) * cfg.batch_size
+                    x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], train_set, skipped)
+                    lr = _lr_at(global_step, total_steps, warmup, base_lr)
+                    loss = _train_step(net, model, opt, x, y, lr, amp, cfg, stats)
+                    global_step += 1  # also for a batch of only unreadable images: the schedule stays put
+                    if ema is not None:
+                        _update_ema(ema, model, cfg.ema)
+                    stats["lr"] = lr
+                    if progress:
+                        progress(epoch, step + 1, steps_per_epoch, loss)
+                    if interrupts.stop_now() or (stop_after_steps is not None and global_step >= stop_after_steps):
+                        stats["seconds"] = time.perf_counter() - ep_t
+                        raise _StopAtBoundary(step + 1)
+                if dist is not None:  # one set of BN statistics: rank 0's
+                    for b in model.buffers():
+                        dist.broadcast(b, 0)
+                stats["seconds"] = time.perf_counter() - ep_t
+                checkpoint(epoch, steps_per_epoch, stats)  # before validation, which may fail or be interrupted
+                val_loss, val_acc = (_evaluate(model, ema, val_set, recipe, cfg, logits_name, skipped)
+                                     if val_set else (None, None))
+                row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
+                       "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
+                       "val_loss": val_loss, "val_acc": val_acc, "lr": stats["lr"],
+                       "seconds": time.perf_counter() - ep_t, "skipped_images": len(skipped)}
+                history.append(row)
+                if rank == 0:
+                    eval_state = ema if ema is not None else model.state_dict()
+                    numpy_state = {k: v.detach().cpu().numpy() for k, v in eval_state.items()}
+                    save_weights(numpy_state, out / "last.safetensors", metadata=_st_meta(cfg, classes, init_source))
+                    if val_acc is None or best is None or val_acc > best:
+                        best = val_acc
+                        save_weights(numpy_state, out / "best.safetensors", metadata=_st_meta(cfg, classes, init_source))
+                    _write_metrics(out, history)
+                    _write_skipped(out, skipped)
+                checkpoint(epoch + 1, 0)
+                if interrupts.stop_now() and epoch + 1 < cfg.epochs:
+                    raise _StopAtBoundary(None)  # the checkpoint is written already
+    except _StopAtBoundary as stop:
         interrupted = True
-        checkpoint(epoch, _steps_done(global_step, steps_per_epoch, epoch))
+        if stop.args[0] is not None:
+            checkpoint(epoch, stop.args[0], stats)
+    except KeyboardInterrupt:  # a second Ctrl-C mid-step: that step is discarded, the last checkpoint stands
+        interrupted = True
     ddp_info = None
     if dist is not None and not interrupted:
         digest = weights_digest({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
@@ -427,7 +493,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     if rank == 0 and not interrupted:
         summary = {"best_val_acc": best, "final_val_acc": result.final_val_acc, "epochs": len(history),
                    "seconds_this_session": result.seconds, "classes": classes, "init": init_source,
-                   "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set)}
+                   "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set),
+                   "skipped_images": _skipped_list(skipped)}
         atomic_write(out / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=2) + "\n"))
     return result
 
@@ -488,15 +555,57 @@ def _LogitsOnly(model, logits_name):
     return LogitsOnly()
 
 
-def _steps_done(global_step: int, steps_per_epoch: int, epoch: int) -> int:
-    return global_step - epoch * steps_per_epoch
+def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict) -> float | None:
+    """One optimizer step on a batch (none when every image in it was unreadable); the epoch's
+    running statistics in ``stats`` are updated. Returns the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    if len(y) == 0:
+        return None
+    with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    value = float(loss.detach())
+    stats["loss_sum"] += value * len(y)
+    stats["correct"] += float((logits.argmax(1) == y).sum())
+    stats["seen"] += len(y)
+    return value
+
+
+def _update_ema(ema: dict, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema[k].copy_(v)
+
+
+def _skipped_list(skipped: dict[str, str]) -> list[dict]:
+    return [{"path": p, "reason": r} for p, r in sorted(skipped.items())]
+
+
+def _write_skipped(out: Path, skipped: dict[str, str]) -> None:
+    """``skipped_images.json``: every unreadable image of the run so far, with the reason."""
+    atomic_write(out / "skipped_images.json", lambda t: t.write_text(
+        json.dumps({"count": len(skipped), "images": _skipped_list(skipped)}, indent=2) + "\n"))
 
 
 def _st_meta(cfg: TrainConfig, classes: list[str], init: str) -> dict[str, str]:
     return {"variant": cfg.variant, "classes": json.dumps(classes), "init": init, "img_size": str(cfg.img_size)}
 
 
-def _evaluate(model, ema, samples, recipe, cfg, logits_name):
+def _evaluate(model, ema, samples, recipe, cfg, logits_name, skipped: dict[str, str] | None = None):
     import torch
     import torch.nn.functional as F
 
@@ -510,13 +619,21 @@ def _evaluate(model, ema, samples, recipe, cfg, logits_name):
     data = _dataset(samples, recipe, cfg, train=False)
     keys = [(0, i) for i in range(len(samples))]
     loss_sum = correct = 0.0
+    seen = 0
+    skipped = {} if skipped is None else skipped
     with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=_Keys(keys),
-                                                num_workers=cfg.workers):
+        for n, (x, y, why) in enumerate(torch.utils.data.DataLoader(
+                data, batch_size=cfg.batch_size, sampler=_Keys(keys), num_workers=cfg.workers)):
+            x, y = _drop_unreadable(x, y, why, keys[n * cfg.batch_size:(n + 1) * cfg.batch_size], samples, skipped)
+            if len(y) == 0:
+                continue
             logits = net.run(x, (logits_name,))[0]
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += float((logits.argmax(1) == y).sum())
-    return loss_sum / len(samples), 100.0 * correct / len(samples)
+            seen += len(y)
+    if seen == 0:
+        return None, None
+    return loss_sum / seen, 100.0 * correct / seen
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:

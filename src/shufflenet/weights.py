@@ -511,7 +511,6 @@ def weights_from_onnx(path: str | os.PathLike, spec: VariantSpec, num_classes: i
     shapes checked. A model whose BatchNorms were folded into its convolutions gives the same
     network with identity BatchNorms (gamma 1, beta = folded bias, mean 0, var 1 - eps).
     """
-    import onnx
     from onnx import numpy_helper
 
     from .bundle import load_model_checked
