@@ -35,7 +35,7 @@ def read_capped(path: str | os.PathLike, limit: int, error: type[Exception], wha
         raise error(f"{what} {path}: {size:,} bytes, more than the limit of {limit:,}")
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(size + 1)  # read(n) allocates n bytes first: never more than the file
     except OSError as e:
         raise error(f"{what} {path}: {e.strerror or e}") from None
     if len(data) > limit:

@@ -437,7 +437,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
                     at = (step - skip) * cfg.batch_size
                     x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], train_set, skipped)
                     lr = _lr_at(global_step, total_steps, warmup, base_lr)
-                    loss = _train_step(net, model, opt, x, y, lr, amp, cfg, stats)
+                    loss = _train_step(net, model, opt, x, y, lr, amp, cfg, stats, len(why))
                     global_step += 1  # also for a batch of only unreadable images: the schedule stays put
                     if ema is not None:
                         _update_ema(ema, model, cfg.ema)
@@ -555,15 +555,18 @@ def _LogitsOnly(model, logits_name):
     return LogitsOnly()
 
 
-def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict) -> float | None:
-    """One optimizer step on a batch (none when every image in it was unreadable); the epoch's
-    running statistics in ``stats`` are updated. Returns the loss."""
+def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict,
+                loaded: int) -> float | None:
+    """One optimizer step on a batch of which ``loaded`` images were read and ``len(y)`` were
+    readable; none when no image, or one of several, was readable (a lone image can leave
+    BatchNorm one value per channel). ``stats`` (the epoch's running statistics) is updated.
+    Returns the loss, or None without a step."""
     import torch
     import torch.nn.functional as F
 
     for g in opt.param_groups:
         g["lr"] = lr
-    if len(y) == 0:
+    if len(y) == 0 or (len(y) == 1 and loaded > 1):
         return None
     with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
         logits = net(x)

@@ -354,6 +354,8 @@ def _unwrap(obj):
 
 
 def _plain_state_dict(obj, path: Path) -> Weights:
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     obj = _unwrap(obj) if not any(isinstance(v, np.ndarray) for v in obj.values()) else obj
     out: Weights = {}
     for k, v in obj.items():
