@@ -596,3 +596,19 @@ def test_12_bundle_and_extracted_folders_get_the_usual_mode(tmp_path):
         assert out.stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(mask)
+
+
+def test_every_limit_is_in_the_docs_table():
+    import re
+    from pathlib import Path
+
+    import shufflenet.limits as limits
+
+    doc = (Path(__file__).parent.parent / "docs" / "limits.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", doc, re.M))
+    assert set(rows) == set(limits.__all__)
+    for name, shown in rows.items():
+        digits = re.match(r"[\d,]+", shown.strip()).group(0).replace(",", "")
+        value = getattr(limits, name)
+        unit = {"GiB": 1 << 30, "MiB": 1 << 20}.get(shown.split()[1] if " " in shown.strip() else "", 1)
+        assert int(digits) * unit == value, (name, shown, value)

@@ -28,14 +28,11 @@ from onnx import numpy_helper
 
 from ._safeio import read_capped, regular_file
 from .errors import ShuffleNetError, UnsafeFileError
-from .limits import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_TENSOR_BYTES, MAX_UNPACKED_BYTES
+from .limits import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_MODEL_BYTES, MAX_TENSOR_BYTES, MAX_UNPACKED_BYTES
 from .weights import atomic_write
 
 __all__ = ["BundleError", "TestSet", "write_bundle", "pack_tar", "safe_extract", "find_test_sets",
            "load_model_checked", "MAX_MEMBERS", "MAX_UNPACKED_BYTES", "MAX_MEMBER_BYTES"]
-
-#: a .onnx model file read whole (external data is read per tensor, capped by MAX_TENSOR_BYTES)
-MAX_MODEL_BYTES = 2 << 30  # protobuf's own ceiling
 
 
 class BundleError(ShuffleNetError, ValueError):

@@ -19,6 +19,8 @@ MAX_UNSIZED_DOWNLOAD_BYTES = 1 << 30
 DOWNLOAD_DEADLINE_S = 1800
 #: one tensor (a weights entry, an initializer, external data, a test-data .pb, a .npy member)
 MAX_TENSOR_BYTES = 256 << 20
+#: a .onnx file, read whole (protobuf's own ceiling; external data is read per tensor)
+MAX_MODEL_BYTES = 2 << 30
 #: all tensors of one weights file together
 MAX_WEIGHTS_BYTES = 1 << 30
 #: nested containers in a pickle or JSON document (a state dict needs 3, JSON labels 1)
