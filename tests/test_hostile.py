@@ -612,3 +612,15 @@ def test_every_limit_is_in_the_docs_table():
         value = getattr(limits, name)
         unit = {"GiB": 1 << 30, "MiB": 1 << 20}.get(shown.split()[1] if " " in shown.strip() else "", 1)
         assert int(digits) * unit == value, (name, shown, value)
+
+
+def test_7_pickle_memo_index_cannot_allocate_gigabytes(tmp_path):
+    from shufflenet._torch_pickle import load_state_dict
+
+    # PROTO 2, EMPTY_DICT, LONG_BINPUT 2**32-1, STOP: the C unpickler grows its memo array to
+    # 2**33 entries for this (found by tests/fuzz_readers.py)
+    _zip_checkpoint(tmp_path / "memo.pth", b"\x80\x02}r\xff\xff\xff\xff.")
+    assert load_state_dict(tmp_path / "memo.pth") == {}
+    _zip_checkpoint(tmp_path / "build.pth", b"\x80\x02ctorch._utils\n_rebuild_parameter\n}b.")
+    with pytest.raises(UnsafeFileError, match="sets state"):
+        load_state_dict(tmp_path / "build.pth")

@@ -71,7 +71,23 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class _SafeUnpickler(pickle._Unpickler):
+    """Python's own unpickler, not the C one: its memo is a dict, where the C unpickler's memo is
+    an array that a 10-byte ``LONG_BINPUT 4294967295`` grows to gigabytes. BUILD (setting state
+    on an object) is allowed only on dicts (OrderedDict's ``_metadata``), never on our functions."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self):
+        if len(self.stack) < 2 or not isinstance(self.stack[-2], dict):
+            raise UnsafeFileError(f"{self.path}: refused, the pickle sets state on a "
+                                  f"{type(self.stack[-2]).__name__ if len(self.stack) > 1 else 'missing object'}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+class _Unpickler(_SafeUnpickler):
     def __init__(self, f, path: Path) -> None:
         super().__init__(f)
         self.path = path
@@ -242,7 +258,7 @@ def _load(path: Path) -> dict:
     return _materialise(obj, path)
 
 
-class _PlainUnpickler(pickle.Unpickler):
+class _PlainUnpickler(_SafeUnpickler):
     """For the legacy header pickles: numbers, strings and dicts only."""
 
     def __init__(self, f, path: Path) -> None:
