@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
 from .specs import Preprocess, get_spec
@@ -495,7 +496,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
                    "seconds_this_session": result.seconds, "classes": classes, "init": init_source,
                    "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set),
                    "skipped_images": _skipped_list(skipped)}
-        atomic_write(out / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=2) + "\n"))
+        atomic_write(out / "summary.json", lambda t: t.write_text(strict_dumps(summary, indent=2) + "\n"))
     return result
 
 
@@ -649,7 +650,7 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
             w.writerows(history)
 
     atomic_write(out / "metrics.csv", write_csv)
-    atomic_write(out / "metrics.json", lambda t: t.write_text(json.dumps(history, indent=2) + "\n"))
+    atomic_write(out / "metrics.json", lambda t: t.write_text(strict_dumps(history, indent=2) + "\n"))
     panels = [
         line_panel({"train loss": [h["train_loss"] for h in history],
                     "val loss": [h["val_loss"] for h in history]}, title="loss", robust=True),
