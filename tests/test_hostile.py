@@ -226,9 +226,13 @@ def test_6_fifo_images_are_refused_not_opened(tmp_path, fifo):
         load_image(fifo)
 
 
-def test_6_fifo_labels_file_is_refused(fifo):
+def test_6_fifo_labels_file_is_refused(fifo, tmp_path):
     with pytest.raises(LabelsError, match="FIFO"):
         load_labels(fifo)
+    from shufflenet.evaluate import DatasetError, discover
+
+    with pytest.raises(DatasetError, match="FIFO"):  # evaluate --label-file
+        discover(tmp_path, label_file=fifo)
 
 
 def _zip_checkpoint(path, pkl: bytes, members: dict[str, bytes] | None = None):

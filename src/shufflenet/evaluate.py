@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._safeio import read_text
 from .errors import ShuffleNetError
 from .labels import wnid_index
 from .runtime import IMAGE_SUFFIXES, Classifier, agreement, run_files
@@ -52,10 +53,7 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
         raise DatasetError(f"{root}: not a folder")
     skipped: list[tuple[str, str]] = []
     if label_file is not None:
-        try:
-            lines = Path(label_file).read_text("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"cannot read label file {label_file}: {e}") from None
+        lines = read_text(label_file, DatasetError, "label file").splitlines()  # a FIFO is refused
         samples = []
         top = root.resolve()
         for n, line in enumerate(lines, 1):
