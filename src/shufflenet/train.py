@@ -304,8 +304,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
           stop_after_steps: int | None = None) -> TrainResult:
     """Train per ``cfg`` into ``cfg.out``; ``resume=True`` continues from its checkpoint.
 
-    ``progress(epoch, step, steps, loss)`` is called after each step. Ctrl-C (or
-    ``stop_after_steps`` for tests) saves a resumable checkpoint and returns interrupted=True.
+    ``progress(epoch, step, steps, loss)`` is called after each step (loss NaN for a batch whose
+    images were all unreadable). Ctrl-C (or ``stop_after_steps`` for tests) lets the step in flight
+    finish, saves a resumable checkpoint at that step boundary and returns interrupted=True; a
+    second Ctrl-C stops at once, discarding that step (docs/limits.md). Unreadable images are
+    skipped and listed in ``RUN/skipped_images.json``.
     """
     torch = _import_torch("training")
 
@@ -444,7 +447,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
                         _update_ema(ema, model, cfg.ema)
                     stats["lr"] = lr
                     if progress:
-                        progress(epoch, step + 1, steps_per_epoch, loss)
+                        progress(epoch, step + 1, steps_per_epoch, float("nan") if loss is None else loss)
                     if interrupts.stop_now() or (stop_after_steps is not None and global_step >= stop_after_steps):
                         stats["seconds"] = time.perf_counter() - ep_t
                         raise _StopAtBoundary(step + 1)
