@@ -28,8 +28,18 @@ def _print_table(rows: list[list[str]], headers: list[str], *, right: set[int] =
 
 
 def _print_json(data) -> None:
-    json.dump(data, sys.stdout, indent=2)
+    """Strict JSON: NaN and infinities are written as null (docs/limits.md)."""
+    from ._safeio import finite_json
+
+    json.dump(finite_json(data), sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _shown(text) -> str:
+    """Text from files (labels, paths, reasons) with control characters escaped for the terminal."""
+    from ._safeio import printable
+
+    return printable(str(text))
 
 
 class _Bar:
@@ -245,13 +255,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             if r.error:
                 continue
             best = r.predictions[0]
-            rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in r.predictions[1:])
-            print(f"{r.path}: {best.label} ({best.index}) {best.probability:.1%}" + (f"  | {rest}" if rest else ""))
+            rest = ", ".join(f"{_shown(p.label)} {p.probability:.1%}" for p in r.predictions[1:])
+            print(f"{_shown(r.path)}: {_shown(best.label)} ({best.index}) {best.probability:.1%}"
+                  + (f"  | {rest}" if rest else ""))
         for r in results:
             if r.error:
-                print(f"shufflenet classify: skipped {r.error}", file=sys.stderr)
+                print(f"shufflenet classify: skipped {_shown(r.error)}", file=sys.stderr)
         for item, why in problems:
-            print(f"shufflenet classify: skipped {item}: {why}", file=sys.stderr)
+            print(f"shufflenet classify: skipped {_shown(item)}: {_shown(why)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -300,9 +311,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
                       resize=args.resize, exact=not args.photo_decoding, progress=bar)
     bar.close()
+    status = 1 if report.skipped else 0  # as classify: a skipped image is a failed check
     if args.json:
         _print_json(report.to_dict())
-        return 0
+        return status
     print(f"model          {report.model}")
     print(f"data           {report.data} ({report.layout})")
     print(f"preprocessing  {report.preprocessing}")
@@ -317,15 +329,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if report.skipped:
         print(f"skipped        {len(report.skipped)}")
         for path, why in report.skipped:
-            print(f"  {path}: {why}")
-    return 0
+            print(f"  {_shown(path)}: {_shown(why)}")
+    return status
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder",
                        description="DATA: an ImageFolder (folders named by WordNet id or class "
                                    "name), files named <wnid>_<anything>, or a flat folder with "
-                                   "--label-file ('filename index' per line).")
+                                   "--label-file ('filename index' per line). Exit 0: every image "
+                                   "scored; 1: some were skipped (each listed with the reason).")
     _add_model_args(p, exact_flag=False)
     p.add_argument("--data", required=True, help="the labelled image folder")
     p.add_argument("--label-file", help="'filename index' per line (ImageNet val convention)")
@@ -765,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ShuffleNetError as e:
-        one_line = " ".join(str(e).split())  # errors are one line, whatever the library wrapped
+        one_line = _shown(" ".join(str(e).split()))  # errors are one line, whatever the library wrapped
         print(f"shufflenet {args.command}: error: {one_line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -773,3 +786,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `shufflenet list | head`
         return 0
+    except OSError as e:  # a folder or disk the user named: one line, the path and the reason
+        print(f"shufflenet {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def _os_error(e: OSError) -> str:
+    """``PATH: reason``; for a rename, the destination is the path the user named."""
+    path = e.filename2 if e.filename2 is not None else e.filename
+    reason = e.strerror or str(e) or type(e).__name__
+    return _shown(" ".join((f"{path}: {reason}" if path is not None else reason).split()))

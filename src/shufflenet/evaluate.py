@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._safeio import read_text
 from .errors import ShuffleNetError
 from .labels import wnid_index
 from .runtime import IMAGE_SUFFIXES, Classifier, agreement, run_files
@@ -31,8 +32,17 @@ class Sample:
     label: int
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Regular image files in ``folder``; a folder that cannot be listed is an entry in ``skipped``
+    (an error when there is no list), never silently empty."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        if skipped is None:
+            raise DatasetError(f"{folder}: cannot list folder ({e.strerror or e})") from None
+        skipped.append((str(folder), f"cannot list folder ({e.strerror or e})"))
+        return []
+    return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
@@ -43,10 +53,7 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
         raise DatasetError(f"{root}: not a folder")
     skipped: list[tuple[str, str]] = []
     if label_file is not None:
-        try:
-            lines = Path(label_file).read_text("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"cannot read label file {label_file}: {e}") from None
+        lines = read_text(label_file, DatasetError, "label file").splitlines()  # a FIFO is refused
         samples = []
         top = root.resolve()
         for n, line in enumerate(lines, 1):
@@ -75,9 +82,9 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
                 idx = by_name.get(d.name, by_name.get(d.name.replace("_", " ")))
             if idx is None:
                 skipped.extend((str(p), f"folder {d.name!r} is neither a WordNet id nor a class name")
-                               for p in _images(d))
+                               for p in _images(d, skipped))
                 continue
-            samples.extend(Sample(p, idx) for p in _images(d))
+            samples.extend(Sample(p, idx) for p in _images(d, skipped))
         return samples, skipped, "image folder"
     samples = []
     for p in _images(root):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import CheckFailedError, ShuffleNetError
+from .limits import DOWNLOAD_DEADLINE_S, MAX_UNSIZED_DOWNLOAD_BYTES
 from .specs import Artifact, artifacts
 from .weights import sha256_file
 
@@ -29,7 +31,7 @@ __all__ = ["HubError", "HashMismatchError", "cache_dir", "find_artifact", "artif
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 CHUNK = 1 << 16
-TIMEOUT = 30  # seconds per network operation
+TIMEOUT = 30  # seconds per network operation (the whole fetch: limits.DOWNLOAD_DEADLINE_S)
 ATTEMPTS = 4  # per mirror: a cut connection resumes with an HTTP Range request
 
 
@@ -114,8 +116,13 @@ def _offline_hint(a: Artifact, path: Path, why: str) -> str:
 
 @contextlib.contextmanager
 def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(path.name + ".lock"), "a+b")
+    except OSError as e:
+        raise HubError(f"cannot use the cache folder {path.parent}: {e.strerror or e} "
+                       f"(set SHUFFLENET_HOME to a writable folder)") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -133,10 +140,14 @@ def fetch(name_or_artifact: str | Artifact, *, progress: Progress | None = None,
             return path
         part = path.with_name(path.name + ".part")
         errors = []
+        deadline = time.monotonic() + DOWNLOAD_DEADLINE_S  # all mirrors and retries together
         try:
             for url in _urls(a):
                 part.unlink(missing_ok=True)  # bytes from another mirror are not resumed
-                error = _download_with_retries(url, part, a.size, progress)
+                if time.monotonic() >= deadline:
+                    errors.append(f"{url}: not tried, the {DOWNLOAD_DEADLINE_S} s deadline had passed")
+                    continue
+                error = _download_with_retries(url, part, a.size, progress, deadline)
                 if error:
                     errors.append(error)
                     continue
@@ -156,22 +167,37 @@ def fetch(name_or_artifact: str | Artifact, *, progress: Progress | None = None,
         raise HubError(_offline_hint(a, path, f"could not be downloaded ({'; '.join(errors)})"))
 
 
-def _download_with_retries(url: str, part: Path, size: int | None, progress: Progress | None) -> str | None:
+class _Refused(ValueError):
+    """A download that broke a limit: not retried."""
+
+
+def _download_with_retries(url: str, part: Path, size: int | None, progress: Progress | None,
+                           deadline: float | None = None) -> str | None:
     """None when ``part`` holds the whole file, else the last error (after resuming ATTEMPTS times)."""
     error = None
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S if deadline is None else deadline
     for _ in range(ATTEMPTS):
         try:
-            _download(url, part, size, progress)
+            _download(url, part, size, progress, deadline)
             return None
         except (OSError, urllib.error.URLError, ValueError) as e:
             error = f"{url}: {getattr(e, 'reason', e)}"
             if isinstance(e, ValueError) or (isinstance(e, urllib.error.HTTPError) and e.code < 500):
                 break  # a wrong answer, not a cut connection: retrying will not help
+            if time.monotonic() >= deadline:
+                break
     return error
 
 
-def _download(url: str, part: Path, size: int | None, progress: Progress | None) -> None:
-    """Stream ``url`` into ``part``, resuming from its current length with an HTTP Range."""
+def _download(url: str, part: Path, size: int | None, progress: Progress | None,
+              deadline: float | None = None) -> None:
+    """Stream ``url`` into ``part``, resuming from its current length with an HTTP Range.
+
+    At most ``size`` bytes (else MAX_UNSIZED_DOWNLOAD_BYTES), and until ``deadline`` (monotonic
+    seconds; a byte every few seconds never trips the per-read timeout, this does).
+    """
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S if deadline is None else deadline
+    cap = size if size is not None else MAX_UNSIZED_DOWNLOAD_BYTES
     if urlparse(url).scheme not in ("http", "https", "file"):
         raise ValueError(f"unsupported URL scheme in {url!r}")
     have = part.stat().st_size if part.exists() else 0
@@ -183,21 +209,30 @@ def _download(url: str, part: Path, size: int | None, progress: Progress | None)
         return
     if have:
         req.add_header("Range", f"bytes={have}-")
-    with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+    with urllib.request.urlopen(req, timeout=max(min(TIMEOUT, deadline - time.monotonic()), 0.1)) as resp:
         status = getattr(resp, "status", 200)
         if have and status != 206:  # the server ignored the range: start over
             have = 0
         total = size
+        length = resp.headers.get("Content-Length")
         if total is None:
-            length = resp.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
+        if size is None and total is not None and total > cap:  # refused before any byte
+            raise _Refused(f"{url}: {total:,} bytes, more than the limit of {cap:,} for an artifact "
+                           "without a published size")
+        read = getattr(resp, "read1", resp.read)  # read1: returns what arrived, so the deadline is seen
         with open(part, "ab" if have else "wb") as f:
             done = have
-            while block := resp.read(CHUNK):
+            while block := read(CHUNK):
                 f.write(block)
                 done += len(block)
-                if size is not None and done > size:
-                    raise ValueError(f"{url}: more bytes than the published {size}")
+                if done > cap:
+                    raise _Refused(f"{url}: more bytes than the published {size}" if size is not None else
+                                   f"{url}: more than the limit of {cap:,} bytes for an artifact without a "
+                                   "published size")
+                if time.monotonic() > deadline:
+                    raise _Refused(f"{url}: not finished within the {DOWNLOAD_DEADLINE_S} s download "
+                                   f"deadline ({done:,} bytes received)")
                 if progress:
                     progress(done, total)
     if size is not None and part.stat().st_size != size:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from ._safeio import json_loads, read_text
 from .errors import ShuffleNetError
 
 __all__ = ["LabelsError", "imagenet_labels", "imagenet_wnids", "load_labels", "wnid_index"]
@@ -47,21 +47,19 @@ def wnid_index(wnid: str) -> int | None:
 def load_labels(path: str | os.PathLike) -> list[str]:
     """Read class names: one per line, a JSON list, or our TSV (index, wnid, name)."""
     path = Path(path)
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LabelsError(f"cannot read labels from {path}: {e}") from None
+    text = read_text(path, LabelsError, "labels file")  # a FIFO is refused, not waited on
     if path.suffix == ".json":
-        try:
-            labels = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LabelsError(f"{path}: bad JSON ({e})") from None
+        labels = json_loads(text, LabelsError, str(path))
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise LabelsError(f"{path}: expected a JSON list of strings")
         return labels
     lines = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
     if lines and lines[0].split("\t")[:2] == ["index", "wnid"]:
-        return [line.split("\t")[2] for line in lines[1:]]
+        rows = [line.split("\t") for line in lines[1:]]
+        short = next((n for n, r in enumerate(rows, 2) if len(r) < 3), None)
+        if short is not None:
+            raise LabelsError(f"{path}:{short}: expected 'index<TAB>wnid<TAB>name'")
+        return [r[2] for r in rows]
     if not lines:
         raise LabelsError(f"{path}: no labels in the file")
     return lines

@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._safeio import regular_file
 from .errors import ShuffleNetError
+from .limits import MAX_PIXELS, MAX_RESIZED_PIXELS
 from .specs import Preprocess, get_spec
 
 __all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "to_rgb", "describe", "RESIZE_MODES",
-           "ALLOWED_FORMATS", "MAX_PIXELS", "DECODINGS"]
+           "ALLOWED_FORMATS", "MAX_PIXELS", "MAX_RESIZED_PIXELS", "DECODINGS"]
 
 #: "exact": torchvision's eval decoding; "photo": EXIF orientation + JPEG draft decoding
 DECODINGS = ("exact", "photo")
@@ -47,7 +49,6 @@ class ImageError(ShuffleNetError, ValueError):
 #: formats opened at all; everything else is refused before decoding (camera MPO files open
 #: through the JPEG plugin)
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-MAX_PIXELS = 89_478_485  # Pillow's default bomb threshold (~ a 9459 x 9459 image), as an error
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, like a web page
 #: draft decoding keeps at least this many times the resize target on the shorter side, so the
 #: antialiased resize still does the last 2x; measured error vs exact in docs/preprocessing.md
@@ -74,6 +75,8 @@ def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PI
     else:
         data = image if isinstance(image, (bytes, bytearray, memoryview)) else None
         name = "<bytes>" if data is not None else str(image)
+        if data is None and os.path.exists(image):
+            regular_file(image, ImageError, "image")  # a FIFO would block the open forever
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -183,6 +186,9 @@ def preprocess_pil(img: Image.Image, recipe: Preprocess, *, resize: str | None =
         img = img.convert("RGB")
     w, h = img.size
     target = (recipe.resize, recipe.resize) if mode == "square" else resized_size(w, h, recipe.resize)
+    if target[0] * target[1] > MAX_RESIZED_PIXELS:  # checked before the buffer exists
+        raise ImageError(f"refused: resizing {w}x{h} gives {target[0]}x{target[1]}, more than "
+                         f"{MAX_RESIZED_PIXELS:,} pixels (an extreme aspect ratio)")
     if target != (w, h):
         img = img.resize(target, _RESAMPLE[recipe.interpolation])
     w, h = img.size

@@ -22,7 +22,6 @@ Around them:
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ._safeio import dumps as strict_dumps
 from .errors import CheckFailedError, ShuffleNetError
 from .onnx_legacy import model_opset
 from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, resolve_model
@@ -565,9 +565,9 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
                          "images_also_used_for_calibration": eval_data is None and not held_out}
         meta = {p.key: p.value for p in best_q.metadata_props}
         meta.update({p.key: p.value for p in fp32.metadata_props})
-        meta["quantization"] = json.dumps(recipe)
+        meta["quantization"] = strict_dumps(recipe)
         if criterion:
-            meta["quantization_criterion"] = json.dumps(criterion)
+            meta["quantization_criterion"] = strict_dumps(criterion)
         del best_q.metadata_props[:]
         onnx.helper.set_model_props(best_q, meta)
         drop_unused_opsets(best_q)

@@ -111,7 +111,7 @@ def _model_info(model: onnx.ModelProto):
             raw = json.loads(meta["preprocessing"])
             recipe = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()
                                    if k in Preprocess.__dataclass_fields__})
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             pass  # an unreadable recipe falls back to the ImageNet default
     kind = meta.get("output_kind")
     if kind not in ("logits", "probabilities"):
@@ -122,8 +122,8 @@ def _model_info(model: onnx.ModelProto):
     if "labels" in meta:
         try:
             parsed = json.loads(meta["labels"])
-            labels = parsed if isinstance(parsed, list) else None
-        except ValueError:
+            labels = parsed if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed) else None
+        except (ValueError, RecursionError):
             labels = None
     return recipe, kind, labels
 
@@ -307,9 +307,29 @@ def agreement(a_raw: np.ndarray, b_raw: np.ndarray, kind_a: str = "logits", kind
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
+def image_files(folder: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """Regular files with an image suffix under ``folder``, sorted; each folder that cannot be
+    listed is added to ``problems`` (never skipped silently)."""
+    found = []
+
+    def unreadable(e: OSError) -> None:
+        problems.append((e.filename or str(folder), f"cannot list folder ({e.strerror or e})"))
+
+    for dirpath, _dirs, names in os.walk(folder, onerror=unreadable):
+        for name in names:
+            f = Path(dirpath, name)
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():  # is_file: FIFOs and devices are not
+                found.append(f)
+    return sorted(found)
+
+
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (recursively, image suffixes only) and globs -> (files, [(item, reason)])."""
+    """Files, folders (recursively, image suffixes only) and globs -> (files, [(item, reason)]).
+
+    Only regular files are taken: a FIFO or device (named or matched) is a problem, never opened.
+    """
     import glob
+    import stat
 
     files, problems = [], []
     for item in items:
@@ -319,12 +339,16 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                found = image_files(p, problems)
                 if not found:
                     problems.append((m, "folder holds no images"))
                 files.extend(found)
-            elif p.exists():
+            elif p.is_file():
                 files.append(p)
+            elif p.exists():
+                mode = p.stat().st_mode
+                kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+                problems.append((m, f"is {kind}, not a regular file; refused"))
             else:
                 problems.append((m, "no such file"))
     return files, problems
@@ -363,7 +387,8 @@ def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_siz
             t1 = time.perf_counter()
             return clf.prepare(img), None, t1 - t0, time.perf_counter() - t1
         except ImageError as e:
-            return None, str(e), 0.0, 0.0
+            msg = str(e)
+            return None, msg if msg.startswith(str(p)) else f"{p}: {msg}", 0.0, 0.0
         except Exception as e:  # an unexpected decoder failure is still one bad file
             return None, f"{p}: {type(e).__name__}: {e}", 0.0, 0.0
 

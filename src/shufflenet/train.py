@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
-from .runtime import IMAGE_SUFFIXES
 from .specs import Preprocess, get_spec
 from .weights import _import_torch, atomic_write, init_weights, resolve_weights, save_weights, weights_digest
 
@@ -79,8 +79,18 @@ class TrainConfig:
 # --------------------------------------------------------------------------- data
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images(folder: Path, *, required: bool = True) -> list[Path]:
+    """The images of one class folder; an unreadable subfolder, or an empty class when
+    ``required`` (training), is an error: a class without images would silently widen the head."""
+    from .runtime import image_files
+
+    problems: list[tuple[str, str]] = []
+    found = image_files(folder, problems)
+    if problems:
+        raise TrainError(f"{problems[0][0]}: {problems[0][1]}")
+    if not found and required:
+        raise TrainError(f"{folder}: class folder holds no images; remove it or add images")
+    return found
 
 
 def find_images(data: str | os.PathLike, *, val_fraction: float = 0.2, seed: int = 0):
@@ -95,7 +105,8 @@ def find_images(data: str | os.PathLike, *, val_fraction: float = 0.2, seed: int
         if val_classes and val_classes != classes:
             raise TrainError(f"{root}: train/ and val/ have different class folders")
         train = [(p, i) for i, c in enumerate(classes) for p in _images(root / "train" / c)]
-        val = [(p, i) for i, c in enumerate(classes) for p in _images(root / "val" / c)]
+        val = [(p, i) for i, c in enumerate(classes) if (root / "val" / c).is_dir()
+               for p in _images(root / "val" / c, required=False)]
     else:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         train, val = [], []
@@ -154,6 +165,13 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
             return len(samples)
 
         def __getitem__(self, key):
+            try:
+                return self._item(key)
+            except ShuffleNetError as e:  # a corrupt image: zeros, dropped from the batch by the step
+                size = cfg.img_size if train else recipe.crop
+                return torch.zeros(3, size, size), samples[key[1]][1], str(e) or type(e).__name__
+
+        def _item(self, key):
             epoch, index = key
             path, label = samples[index]
             img = load_image(path)
@@ -166,9 +184,62 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
                                                    mean=recipe.mean, std=recipe.std))
             else:
                 x = preprocess_pil(img, recipe)
-            return torch.from_numpy(x[0]), label
+            return torch.from_numpy(x[0]), label, ""
 
     return _Data()
+
+
+def _drop_unreadable(x, y, why, keys, samples, skipped: dict[str, str]):
+    """The batch without its unreadable images; each is recorded in ``skipped`` (path -> reason)."""
+    bad = [i for i, reason in enumerate(why) if reason]
+    if not bad:
+        return x, y
+    for i in bad:
+        skipped.setdefault(str(samples[keys[i][1]][0]), why[i])
+    keep = [i for i in range(len(why)) if not why[i]]
+    return x[keep], y[keep]
+
+
+class _StopAtBoundary(Exception):
+    """Raised between steps: an interrupt, or ``stop_after_steps``."""
+
+
+class _Interrupts:
+    """While active, the first Ctrl-C only sets ``requested``: the step in flight finishes and the
+    run stops at the next step boundary with a checkpoint. A second Ctrl-C raises
+    KeyboardInterrupt at once (that step is discarded; the last checkpoint stands)."""
+
+    def __init__(self, dist=None) -> None:
+        self.requested, self.dist, self._old = False, dist, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def stop_now(self) -> bool:
+        """Whether to stop; under DDP every rank agrees (any rank interrupted stops all)."""
+        if self.dist is None:
+            return self.requested
+        import torch
+
+        flag = torch.tensor([1 if self.requested else 0])
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class _Keys(list):
@@ -255,12 +326,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
           on_epoch: Callable | None = None, stop_after_steps: int | None = None) -> TrainResult:
     """Train per ``cfg`` into ``cfg.out``; ``resume=True`` continues from its checkpoint.
 
-    ``progress(epoch, step, steps, loss)`` is called after each step, ``on_epoch(row, epochs)``
-    after each epoch's validation with that epoch's metrics row. Ctrl-C (or
-    ``stop_after_steps`` for tests) saves a resumable checkpoint and returns interrupted=True.
+    ``progress(epoch, step, steps, loss)`` is called after each step (loss NaN for a batch whose
+    images were all unreadable), ``on_epoch(row, epochs)`` after each epoch's validation with
+    that epoch's metrics row. Ctrl-C (or ``stop_after_steps`` for tests) lets the step in flight
+    finish, saves a resumable checkpoint at that step boundary and returns interrupted=True; a
+    second Ctrl-C stops at once, discarding that step (docs/limits.md). Unreadable images are
+    skipped and listed in ``RUN/skipped_images.json``.
     """
     torch = _import_torch("training")
-    import torch.nn.functional as F
 
     from .torch_models import ShuffleNet
 
@@ -301,6 +374,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         cfg = TrainConfig.from_dict(saved)
     else:
         ckpt = None
+        if out.exists() and not out.is_dir():
+            raise TrainError(f"{out}: is a file, not a run folder; give a new folder with -o")
         if rank == 0 and out.exists() and any(out.iterdir()):
             raise TrainError(f"{out} exists and is not empty; use --resume {out} or a new folder")
 
@@ -354,77 +429,85 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
         return torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=_Keys(keys),
                                            num_workers=cfg.workers, drop_last=False)
 
-    def checkpoint(epoch: int, step: int) -> None:
+    def checkpoint(epoch: int, step: int, stats: dict | None = None) -> None:
+        """Only ever called between steps: the model, optimizer and BN counters agree with
+        ``global_step``. ``stats``: the epoch's running train statistics when mid-epoch."""
         if rank != 0:
             return
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                  "global_step": global_step, "config": json.dumps(asdict(cfg)), "classes": json.dumps(classes),
-                 "history": json.dumps(history), "best": best}
+                 "history": json.dumps(history), "best": best, "skipped": json.dumps(skipped),
+                 "epoch_stats": json.dumps(stats)}
         if ema is not None:
             state["ema"] = ema
         atomic_write(ckpt_path, lambda t: torch.save(state, t))
 
+    skipped: dict[str, str] = json.loads(ckpt.get("skipped", "{}")) if ckpt is not None else {}
+    resumed_stats = json.loads(ckpt.get("epoch_stats", "null")) if ckpt is not None else None
+    stats: dict = {}
+    interrupts = _Interrupts(dist)
     epoch = start_epoch
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            frozen = epoch < cfg.freeze_backbone_epochs
-            for name, p in model.named_parameters():
-                p.requires_grad_(not frozen or name in head_params)
-            net.train()
-            keys = _epoch_keys(len(train_set), epoch, cfg.seed, rank, world, shuffle=True)
-            skip = start_step if epoch == start_epoch else 0
-            keys = keys[skip * cfg.batch_size:]
-            loss_sum = correct = seen = 0.0
-            lr = _lr_at(max(global_step - 1, 0), total_steps, warmup, base_lr)
-            ep_t = time.perf_counter()
-            for step, (x, y) in enumerate(loader(keys, train_data), start=skip):
-                lr = _lr_at(global_step, total_steps, warmup, base_lr)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                global_step += 1
-                if ema is not None:
-                    with torch.no_grad():
-                        for k, v in model.state_dict().items():
-                            if v.dtype.is_floating_point:
-                                ema[k].mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
-                            else:
-                                ema[k].copy_(v)
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((logits.argmax(1) == y).sum())
-                seen += len(y)
-                if progress:
-                    progress(epoch, step + 1, steps_per_epoch, float(loss.detach()))
-                if stop_after_steps is not None and global_step >= stop_after_steps:
-                    raise KeyboardInterrupt
-            if dist is not None:  # one set of BN statistics: rank 0's
-                for b in model.buffers():
-                    dist.broadcast(b, 0)
-            val_loss, val_acc = _evaluate(model, ema, val_set, recipe, cfg, logits_name) if val_set else (None, None)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
-                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": time.perf_counter() - ep_t}
-            history.append(row)
-            if rank == 0:
-                eval_state = ema if ema is not None else model.state_dict()
-                numpy_state = {k: v.detach().cpu().numpy() for k, v in eval_state.items()}
-                save_weights(numpy_state, out / "last.safetensors", metadata=_st_meta(cfg, classes, init_source))
-                if val_acc is None or best is None or val_acc > best:
-                    best = val_acc
-                    save_weights(numpy_state, out / "best.safetensors", metadata=_st_meta(cfg, classes, init_source))
-                _write_metrics(out, history)
-            checkpoint(epoch + 1, 0)
-            if on_epoch is not None and rank == 0:
-                on_epoch(row, cfg.epochs)
-    except KeyboardInterrupt:
+        with interrupts:
+            for epoch in range(start_epoch, cfg.epochs):
+                frozen = epoch < cfg.freeze_backbone_epochs
+                for name, p in model.named_parameters():
+                    p.requires_grad_(not frozen or name in head_params)
+                net.train()
+                keys = _epoch_keys(len(train_set), epoch, cfg.seed, rank, world, shuffle=True)
+                skip = start_step if epoch == start_epoch else 0
+                keys = keys[skip * cfg.batch_size:]
+                stats = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0,
+                         "lr": _lr_at(max(global_step - 1, 0), total_steps, warmup, base_lr)}
+                if epoch == start_epoch and skip and resumed_stats:
+                    stats = resumed_stats  # the epoch's statistics so far, as the checkpoint left them
+                ep_t = time.perf_counter() - stats["seconds"]
+                for step, (x, y, why) in enumerate(loader(keys, train_data), start=skip):
+                    at = (step - skip) * cfg.batch_size
+                    x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], train_set, skipped)
+                    lr = _lr_at(global_step, total_steps, warmup, base_lr)
+                    loss = _train_step(net, model, opt, x, y, lr, amp, cfg, stats, len(why))
+                    global_step += 1  # also for a batch of only unreadable images: the schedule stays put
+                    if ema is not None:
+                        _update_ema(ema, model, cfg.ema)
+                    stats["lr"] = lr
+                    if progress:
+                        progress(epoch, step + 1, steps_per_epoch, float("nan") if loss is None else loss)
+                    if interrupts.stop_now() or (stop_after_steps is not None and global_step >= stop_after_steps):
+                        stats["seconds"] = time.perf_counter() - ep_t
+                        raise _StopAtBoundary(step + 1)
+                if dist is not None:  # one set of BN statistics: rank 0's
+                    for b in model.buffers():
+                        dist.broadcast(b, 0)
+                stats["seconds"] = time.perf_counter() - ep_t
+                checkpoint(epoch, steps_per_epoch, stats)  # before validation, which may fail or be interrupted
+                val_loss, val_acc = (_evaluate(model, ema, val_set, recipe, cfg, logits_name, skipped)
+                                     if val_set else (None, None))
+                row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
+                       "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
+                       "val_loss": val_loss, "val_acc": val_acc, "lr": stats["lr"],
+                       "seconds": time.perf_counter() - ep_t, "skipped_images": len(skipped)}
+                history.append(row)
+                if rank == 0:
+                    eval_state = ema if ema is not None else model.state_dict()
+                    numpy_state = {k: v.detach().cpu().numpy() for k, v in eval_state.items()}
+                    save_weights(numpy_state, out / "last.safetensors", metadata=_st_meta(cfg, classes, init_source))
+                    if val_acc is None or best is None or val_acc > best:
+                        best = val_acc
+                        save_weights(numpy_state, out / "best.safetensors", metadata=_st_meta(cfg, classes, init_source))
+                    _write_metrics(out, history)
+                    _write_skipped(out, skipped)
+                checkpoint(epoch + 1, 0)
+                if on_epoch is not None and rank == 0:
+                    on_epoch(row, cfg.epochs)
+                if interrupts.stop_now() and epoch + 1 < cfg.epochs:
+                    raise _StopAtBoundary(None)  # the checkpoint is written already
+    except _StopAtBoundary as stop:
         interrupted = True
-        checkpoint(epoch, _steps_done(global_step, steps_per_epoch, epoch))
+        if stop.args[0] is not None:
+            checkpoint(epoch, stop.args[0], stats)
+    except KeyboardInterrupt:  # a second Ctrl-C mid-step: that step is discarded, the last checkpoint stands
+        interrupted = True
     ddp_info = None
     if dist is not None and not interrupted:
         digest = weights_digest({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
@@ -441,8 +524,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     if rank == 0 and not interrupted:
         summary = {"best_val_acc": best, "final_val_acc": result.final_val_acc, "epochs": len(history),
                    "seconds_this_session": result.seconds, "classes": classes, "init": init_source,
-                   "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set)}
-        atomic_write(out / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=2) + "\n"))
+                   "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set),
+                   "skipped_images": _skipped_list(skipped)}
+        atomic_write(out / "summary.json", lambda t: t.write_text(strict_dumps(summary, indent=2) + "\n"))
     return result
 
 
@@ -452,13 +536,41 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Calla
     cfg_path = Path(run) / "config.json"
     if not cfg_path.is_file():
         raise TrainError(f"{run}: not a training run (no config.json)")
-    try:
-        cfg = replace(TrainConfig.from_dict(json.loads(cfg_path.read_text())), out=str(run))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise TrainError(f"{cfg_path}: unreadable ({e})") from None
+    cfg = replace(_config_from_file(cfg_path), out=str(run))
     if epochs:
         cfg = replace(cfg, epochs=epochs)
     return train(cfg, resume=True, progress=progress, on_epoch=on_epoch)
+
+
+def _config_from_file(path: Path) -> TrainConfig:
+    """A run's config.json, each field checked against the type of its default (never a
+    TypeError or AttributeError later, on a malformed file)."""
+    from dataclasses import MISSING
+
+    from ._safeio import json_loads, read_text
+
+    raw = json_loads(read_text(path, TrainError, "run config"), TrainError, str(path))
+    if not isinstance(raw, dict):
+        raise TrainError(f"{path}: expected a JSON object")
+    for f in fields(TrainConfig):
+        if f.name not in raw:
+            continue
+        value, default = raw[f.name], f.default
+        if default is MISSING or isinstance(default, str):
+            ok = isinstance(value, str)
+        elif default is None:
+            ok = value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise TrainError(f"{path}: {f.name} is {value!r}, which is not a valid value")
+    if "data" not in raw:
+        raise TrainError(f"{path}: no data folder recorded")
+    return TrainConfig.from_dict(raw)
 
 
 def _LogitsOnly(model, logits_name):
@@ -475,15 +587,60 @@ def _LogitsOnly(model, logits_name):
     return LogitsOnly()
 
 
-def _steps_done(global_step: int, steps_per_epoch: int, epoch: int) -> int:
-    return global_step - epoch * steps_per_epoch
+def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict,
+                loaded: int) -> float | None:
+    """One optimizer step on a batch of which ``loaded`` images were read and ``len(y)`` were
+    readable; none when no image, or one of several, was readable (a lone image can leave
+    BatchNorm one value per channel). ``stats`` (the epoch's running statistics) is updated.
+    Returns the loss, or None without a step."""
+    import torch
+    import torch.nn.functional as F
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    if len(y) == 0 or (len(y) == 1 and loaded > 1):
+        return None
+    with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        logits = net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    value = float(loss.detach())
+    stats["loss_sum"] += value * len(y)
+    stats["correct"] += float((logits.argmax(1) == y).sum())
+    stats["seen"] += len(y)
+    return value
+
+
+def _update_ema(ema: dict, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema[k].copy_(v)
+
+
+def _skipped_list(skipped: dict[str, str]) -> list[dict]:
+    return [{"path": p, "reason": r} for p, r in sorted(skipped.items())]
+
+
+def _write_skipped(out: Path, skipped: dict[str, str]) -> None:
+    """``skipped_images.json``: every unreadable image of the run so far, with the reason."""
+    atomic_write(out / "skipped_images.json", lambda t: t.write_text(
+        json.dumps({"count": len(skipped), "images": _skipped_list(skipped)}, indent=2) + "\n"))
 
 
 def _st_meta(cfg: TrainConfig, classes: list[str], init: str) -> dict[str, str]:
     return {"variant": cfg.variant, "classes": json.dumps(classes), "init": init, "img_size": str(cfg.img_size)}
 
 
-def _evaluate(model, ema, samples, recipe, cfg, logits_name):
+def _evaluate(model, ema, samples, recipe, cfg, logits_name, skipped: dict[str, str] | None = None):
     import torch
     import torch.nn.functional as F
 
@@ -497,13 +654,21 @@ def _evaluate(model, ema, samples, recipe, cfg, logits_name):
     data = _dataset(samples, recipe, cfg, train=False)
     keys = [(0, i) for i in range(len(samples))]
     loss_sum = correct = 0.0
+    seen = 0
+    skipped = {} if skipped is None else skipped
     with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=_Keys(keys),
-                                                num_workers=cfg.workers):
+        for n, (x, y, why) in enumerate(torch.utils.data.DataLoader(
+                data, batch_size=cfg.batch_size, sampler=_Keys(keys), num_workers=cfg.workers)):
+            x, y = _drop_unreadable(x, y, why, keys[n * cfg.batch_size:(n + 1) * cfg.batch_size], samples, skipped)
+            if len(y) == 0:
+                continue
             logits = net.run(x, (logits_name,))[0]
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += float((logits.argmax(1) == y).sum())
-    return loss_sum / len(samples), 100.0 * correct / len(samples)
+            seen += len(y)
+    if seen == 0:
+        return None, None
+    return loss_sum / seen, 100.0 * correct / seen
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
@@ -516,7 +681,7 @@ def _write_metrics(out: Path, history: list[dict]) -> None:
             w.writerows(history)
 
     atomic_write(out / "metrics.csv", write_csv)
-    atomic_write(out / "metrics.json", lambda t: t.write_text(json.dumps(history, indent=2) + "\n"))
+    atomic_write(out / "metrics.json", lambda t: t.write_text(strict_dumps(history, indent=2) + "\n"))
     panels = [
         line_panel({"train loss": [h["train_loss"] for h in history],
                     "val loss": [h["val_loss"] for h in history]}, title="loss", robust=True),

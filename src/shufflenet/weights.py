@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ._calibrate import calibrate
+from ._safeio import json_loads, read_capped, read_text, regular_file
 from .errors import MissingDependencyError, UnsafeFileError, WeightsError, install_hint
+from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES
 from .specs import Graph, VariantSpec, get_spec
 
 __all__ = [
@@ -180,8 +183,9 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
 def load_weights(path: str | os.PathLike) -> Weights:
     """Read a weights file into a numpy dict (no architecture check; see :func:`conform`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
+    regular_file(path, WeightsError, "weights file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -192,8 +196,9 @@ def load_weights(path: str | os.PathLike) -> Weights:
             return _load_torch(path)
     except (WeightsError, UnsafeFileError, MissingDependencyError):
         raise
-    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as e:
-        raise WeightsError(f"cannot read weights from {path}: {e}") from None
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile,
+            RecursionError) as e:
+        raise WeightsError(f"cannot read weights from {path}: {e or type(e).__name__}") from None
     raise WeightsError(f"unsupported weights file {path.name!r}: expected one of "
                        f"{', '.join(WEIGHT_SUFFIXES)}")
 
@@ -239,9 +244,36 @@ def atomic_write(path: Path, write) -> Path:
 
 
 def _load_npz(path: Path) -> Weights:
-    # allow_pickle=False: an object array in the file raises instead of unpickling
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Each ``.npy`` member's header is read and its size checked (against the limit and the
+    member's own size) before any array exists; object arrays are refused (no unpickling)."""
+    out: Weights = {}
+    total = 0
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            key = info.filename.removesuffix(".npy")
+            if info.file_size > MAX_TENSOR_BYTES + 4096:
+                raise UnsafeFileError(f"{path}: member {info.filename!r} unpacks to {info.file_size:,} bytes, "
+                                      f"over the limit of {MAX_TENSOR_BYTES:,}; refused")
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version in ((2, 0), (3, 0)):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise WeightsError(f"{path}: member {info.filename!r} has .npy version {version}")
+                if dtype.hasobject or dtype.kind not in "biuf" or dtype.names:
+                    raise WeightsError(f"{path}: {key!r} has dtype {dtype}; only numeric arrays are read (no pickles)")
+                nbytes = dtype.itemsize * math.prod(shape)
+                total += nbytes
+                if nbytes > MAX_TENSOR_BYTES or total > MAX_WEIGHTS_BYTES:
+                    raise UnsafeFileError(f"{path}: {key!r} of shape {shape} is over the limit of "
+                                          f"{MAX_TENSOR_BYTES:,} bytes per tensor / {MAX_WEIGHTS_BYTES:,} in all")
+                data = f.read(nbytes + 1)
+            if len(data) != nbytes:
+                raise WeightsError(f"{path}: {key!r} holds {len(data)} bytes, its header says {nbytes}")
+            out[key] = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+    return out
 
 
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
@@ -251,16 +283,13 @@ _ST_MAX_HEADER = 100 << 20  # the format's own limit
 
 
 def _load_safetensors(path: Path) -> Weights:
-    data = path.read_bytes()
+    data = read_capped(path, MAX_WEIGHTS_BYTES + _ST_MAX_HEADER + 8, WeightsError, "weights file")
     if len(data) < 8:
         raise WeightsError(f"{path}: too short to be a safetensors file")
     (n,) = struct.unpack("<Q", data[:8])
     if n > _ST_MAX_HEADER or 8 + n > len(data):
         raise WeightsError(f"{path}: safetensors header length {n} is out of range")
-    try:
-        header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: bad safetensors header: {e}") from None
+    header = json_loads(data[8:8 + n], WeightsError, f"{path}: safetensors header")
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: bad safetensors header: not a JSON object")
     buf = memoryview(data)[8 + n:]
@@ -272,9 +301,11 @@ def _load_safetensors(path: Path) -> Weights:
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
             shape = tuple(int(s) for s in info["shape"])
             start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError, AttributeError):
+            if any(d < 0 for d in shape):
+                raise ValueError
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             raise WeightsError(f"{path}: tensor {key!r} has an unsupported or malformed entry") from None
-        if not 0 <= start <= end <= len(buf) or end - start != dtype.itemsize * int(np.prod(shape)):
+        if not 0 <= start <= end <= len(buf) or end - start != dtype.itemsize * math.prod(shape):
             raise WeightsError(f"{path}: tensor {key!r} has data offsets that do not fit its shape")
         out[key] = np.frombuffer(buf[start:end], dtype=dtype.newbyteorder("<")).reshape(shape).copy()
     return out
@@ -305,22 +336,39 @@ def _import_torch(why: str):
 
 
 def _load_torch(path: Path) -> Weights:
+    from ._torch_pickle import check_archive_sizes
+
     try:
         import torch
     except ImportError:  # no torch: our own restricted reader of torch's formats
         from ._torch_pickle import load_state_dict
 
         return _plain_state_dict(load_state_dict(path), path)
+    check_archive_sizes(path)  # a zip bomb is refused before torch inflates it
     try:
         # weights_only=True: only tensors and plain containers; anything needing code is refused
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError ... for refused content
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in str(e).lower():
+        msg = _torch_reason(e)
+        if _needs_code(str(e)):
             raise UnsafeFileError(f"{path}: refused, the checkpoint needs code execution to load "
                                   f"({msg})") from None
         raise WeightsError(f"cannot read {path}: {msg}") from None
     return _state_dict_to_numpy(obj, path)
+
+
+def _torch_reason(e: Exception) -> str:
+    """The informative line of torch's long weights_only message (else its first line)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if m:
+        return m.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+def _needs_code(message: str) -> bool:
+    """Whether torch's weights_only refusal is about a global (code), not about damaged data."""
+    return any(s in message for s in ("Unsupported global", "Unsupported class", "not an allowed global"))
 
 
 def _unwrap(obj):
@@ -333,6 +381,8 @@ def _unwrap(obj):
 
 
 def _plain_state_dict(obj, path: Path) -> Weights:
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     obj = _unwrap(obj) if not any(isinstance(v, np.ndarray) for v in obj.values()) else obj
     out: Weights = {}
     for k, v in obj.items():
@@ -354,12 +404,18 @@ def _state_dict_to_numpy(obj, path: Path) -> Weights:
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     out: Weights = {}
+    total = 0
     for k, v in obj.items():
         if not isinstance(k, str):
             raise WeightsError(f"{path}: key {k!r} is not a string")
         if not isinstance(v, torch.Tensor):
             raise WeightsError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
         k = k.removeprefix("module.")  # DataParallel / DDP wrappers
+        nbytes = v.numel() * max(v.element_size(), 4)  # a view may be larger than its storage
+        total += nbytes
+        if nbytes > MAX_TENSOR_BYTES or total > MAX_WEIGHTS_BYTES:
+            raise UnsafeFileError(f"{path}: {k!r} of shape {tuple(v.shape)} is over the limit of "
+                                  f"{MAX_TENSOR_BYTES:,} bytes per tensor / {MAX_WEIGHTS_BYTES:,} in all")
         v = v.detach().cpu()
         if v.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):  # numpy has no such dtype
             v = v.float()
@@ -395,12 +451,18 @@ def training_run(path: str | os.PathLike) -> tuple[Path, dict] | None:
     else:
         return None
     run = file.parent
-    try:
-        classes = json.loads((run / "classes.json").read_text())
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{run}: not a complete training run ({e})") from None
-    return file, {"classes": classes, "variant": config.get("variant"), "img_size": config.get("img_size")}
+    classes = json_loads(read_text(run / "classes.json", WeightsError, "training run"), WeightsError,
+                         f"{run / 'classes.json'}")
+    config = json_loads(read_text(run / "config.json", WeightsError, "training run"), WeightsError,
+                        f"{run / 'config.json'}")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise WeightsError(f"{run / 'classes.json'}: expected a JSON list of class names")
+    if not isinstance(config, dict):
+        raise WeightsError(f"{run / 'config.json'}: expected a JSON object")
+    img_size = config.get("img_size")
+    if img_size is not None and (not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 1):
+        raise WeightsError(f"{run / 'config.json'}: img_size {img_size!r} is not a positive integer")
+    return file, {"classes": classes, "variant": config.get("variant"), "img_size": img_size}
 
 
 def resolve_weights(
@@ -478,17 +540,23 @@ def weights_from_onnx(path: str | os.PathLike, spec: VariantSpec, num_classes: i
     shapes checked. A model whose BatchNorms were folded into its convolutions gives the same
     network with identity BatchNorms (gamma 1, beta = folded bias, mean 0, var 1 - eps).
     """
-    import onnx
     from onnx import numpy_helper
+
+    from .bundle import load_model_checked
 
     path = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise WeightsError(f"{path}: not a readable ONNX model ({e})") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        raise WeightsError(f"{path}: models with external-data initializers are not read as weights")
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        model = load_model_checked(path)  # external data: read from the model's folder, checked
+    except (UnsafeFileError, WeightsError):
+        raise
+    except Exception as e:  # BundleError
+        raise WeightsError(str(e)) from None
+    inits = {}
+    for t in model.graph.initializer:
+        try:
+            inits[t.name] = numpy_helper.to_array(t)
+        except Exception as e:  # numpy_helper: ValueError/TypeError/KeyError for malformed fields
+            raise WeightsError(f"{path}: initializer {t.name!r} is unreadable ({e})") from None
     if num_classes is None:
         gemm = next((n for n in model.graph.node if n.op_type == "Gemm"), None)
         if gemm is not None and gemm.input[1] in inits:
