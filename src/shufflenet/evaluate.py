@@ -120,9 +120,9 @@ class EvalReport:
 
 def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=None,
              batch_size: int = 32, threads: int | None = None, resize: str | None = None,
-             exact: bool = False, progress=None) -> EvalReport:
+             exact: bool = False, optimize: bool = True, progress=None) -> EvalReport:
     """Accuracy of ``model`` on ``data``; with ``compare``, agreement of the two on the same images."""
-    clf = Classifier(model, threads=threads, resize=resize, exact=exact)
+    clf = Classifier(model, threads=threads, resize=resize, exact=exact, optimize=optimize)
     samples, skipped, layout = discover(data, labels=clf.labels, label_file=label_file)
     if limit is not None:
         samples = samples[:limit]
@@ -153,13 +153,15 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
                         n, 100.0 * hit1 / n, 100.0 * hit5 / n, seconds, n / seconds, skipped)
     if compare is not None:
         report.compare = _compare(clf, np.stack(ok_rows), compare, [samples[i].path for i in ok_idx],
-                                  threads=threads, resize=resize, exact=exact, batch_size=batch_size)
+                                  threads=threads, resize=resize, exact=exact, batch_size=batch_size,
+                                  optimize=optimize)
     return report
 
 
 def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
     batch_size = kw.pop("batch_size")
-    other_clf = Classifier(other, threads=kw["threads"], resize=kw["resize"], exact=kw["exact"])
+    other_clf = Classifier(other, threads=kw["threads"], resize=kw["resize"], exact=kw["exact"],
+                           optimize=kw["optimize"])
     rows = []
     for r in run_files(other_clf, paths, top=5, batch_size=batch_size, keep_outputs=True):
         if r.error:
