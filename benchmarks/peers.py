@@ -157,12 +157,17 @@ def build(variant: str, work: Path, threads: int):
     try:
         import pnnx
 
-        cwd = os.getcwd()
+        cwd, saved = os.getcwd(), os.dup(1)
         os.chdir(work)  # pnnx writes its side files next to the working directory
+        log = os.open(str(work / "pnnx.log"), os.O_WRONLY | os.O_CREAT)
+        os.dup2(log, 1)  # and talks a lot on stdout (its own subprocess)
         try:
             pnnx.convert(str(files["faithful"]), input_shapes=[[1, 3, 224, 224]], input_types=["f32"],
                          ncnnparam=str(work / "ncnn.param"), ncnnbin=str(work / "ncnn.bin"), fp16=False)
         finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(log)
             os.chdir(cwd)
     except Exception as e:  # pnnx is optional
         print(f"pnnx/ncnn unavailable ({type(e).__name__}: {e}): ncnn skipped", file=sys.stderr)

@@ -130,3 +130,8 @@ def test_export_writes_the_fast_graph_unless_faithful(tmp_path):
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
     assert main(["export", "shufflenet_v2_x0_5", "--faithful", "--pad-channels", "-o",
                  str(tmp_path / "x.onnx")]) == 2
+    # a padded file is still a valid --weights: the padding is cut off again
+    from shufflenet.weights import weights_from_onnx
+
+    wf, wp = (weights_from_onnx(p, get_spec("shufflenet_v2_x0_5")) for p in (fast, plain))
+    assert set(wf) == set(wp) and all(np.array_equal(wf[k], wp[k]) for k in wp)
