@@ -27,10 +27,58 @@ def test_interleaved_rows_per_model_and_config(models):
         bench(models, backend="tvm")
 
 
+def test_blocked_by_default_and_interleaved_on_request(models, monkeypatch):
+    """Blocks of consecutive runs per model by default; run by run only when asked."""
+    import shufflenet.bench as b
+
+    order = []
+    real = b._Runner.__init__
+
+    def spy_init(self, model, *a, **kw):
+        real(self, model, *a, **kw)
+        inner = self.run
+        name = model.graph.name + str(id(model))
+        self.run = lambda x, inner=inner, name=name: (order.append(name), inner(x))[1]
+
+    monkeypatch.setattr(b._Runner, "__init__", spy_init)
+    result = bench(models, runs=7, warmup=0, block=3)
+    assert result["env"]["mode"].startswith("blocked (3 consecutive")
+    assert all(r.mode == "blocked" and len(r.samples_ms) == 7 for r in result["rows"])
+    timed = order[2:]  # after one warm-up run each
+    a, c = timed[0], timed[3]
+    assert a != c and timed == [a] * 3 + [c] * 3 + [a] * 3 + [c] * 3 + [a] + [c]
+    order.clear()
+    result = bench(models, runs=3, warmup=0, mode="interleaved")
+    assert order[2:] == [order[2], order[3]] * 3 and result["rows"][0].mode == "interleaved"
+    with pytest.raises(BenchError, match="mode"):
+        bench(models, mode="random")
+
+
+def test_load_time_rewrites_and_opt_out(models):
+    import onnx
+
+    from shufflenet.bench import ort_session
+
+    m = onnx.load(models[1])
+    assert bench(models[1:], runs=2, warmup=0)["env"]["load_time_rewrites"] is True
+    assert bench(models[1:], runs=2, warmup=0, optimize=False)["env"]["load_time_rewrites"] is False
+    # the rewritten graph pads convolution weights: the session sees more channels
+    import numpy as np
+
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    a = ort_session(m, 1).run(None, {"input": x})[0]
+    b = ort_session(m, 1, optimize=False).run(None, {"input": x})[0]
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max())
+
+
 def test_cli_json_and_plot(models, tmp_path, capsys):
     assert main(["bench", *models, "--runs", "3", "--warmup", "1", "--json", "--plot", str(tmp_path / "p.png")]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["rows"]) == 2 and (tmp_path / "p.png").stat().st_size > 1000
+    assert all(r["mode"] == "blocked" for r in data["rows"])
+    assert main(["bench", *models, "--runs", "2", "--warmup", "0", "--interleaved", "--no-optimize", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["env"]["mode"] == "interleaved" and data["env"]["load_time_rewrites"] is False
 
 
 def test_end_to_end_images(models, tmp_path):

@@ -114,3 +114,24 @@ def test_pad_cli_and_bad_values(tmp_path):
     with pytest.raises(ExportError, match="multiple"):
         export_onnx("shufflenet_v2_x0_5", pad_channels=True)
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "r.onnx").exists()
+
+
+def test_export_writes_the_fast_graph_unless_faithful(tmp_path):
+    """`export` pads by default (same outputs); --faithful writes the plain graph."""
+    fast, plain = tmp_path / "fast.onnx", tmp_path / "plain.onnx"
+    assert main(["export", "shufflenet_v2_x0_5", "--input-size", "64", "-o", str(fast)]) == 0
+    assert main(["export", "shufflenet_v2_x0_5", "--input-size", "64", "--faithful", "-o", str(plain)]) == 0
+    mf, mp = onnx.load(str(fast)), onnx.load(str(plain))
+    assert {p.key: p.value for p in mf.metadata_props}["channel_padding"] == "16"
+    assert "channel_padding" not in {p.key for p in mp.metadata_props}
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    a = Runner(mp, threads=1, optimize=False).outputs(x)
+    b = Runner(mf, threads=1, optimize=False).outputs(x)
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
+    assert main(["export", "shufflenet_v2_x0_5", "--faithful", "--pad-channels", "-o",
+                 str(tmp_path / "x.onnx")]) == 2
+    # a padded file is still a valid --weights: the padding is cut off again
+    from shufflenet.weights import weights_from_onnx
+
+    wf, wp = (weights_from_onnx(p, get_spec("shufflenet_v2_x0_5")) for p in (fast, plain))
+    assert set(wf) == set(wp) and all(np.array_equal(wf[k], wp[k]) for k in wp)

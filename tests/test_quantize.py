@@ -228,3 +228,16 @@ def test_output_path_is_checked_before_any_work(tmp_path, random_model, images, 
     monkeypatch.undo()
     with pytest.raises(QuantizeError, match="input model"):
         quantize(random_model, random_model, images)
+
+
+def test_quantize_says_when_int8_will_not_be_faster():
+    """V1's grouped 1x1 convolutions make int8 slower than fp32 on ORT: quantize says so, and why."""
+    from shufflenet.quantize import speed_note
+
+    v1 = export_onnx("shufflenet_v1_g3_x0_5", input_size=64)
+    v2 = export_onnx("shufflenet_v2_x0_5", input_size=64)
+    assert "grouped" in speed_note(v1, None) and "slower" in speed_note(v1, None)
+    slow = speed_note(v1, {"speedup": 0.8, "int8_ms": 3.0, "fp32_ms": 2.4})
+    assert slow.startswith("int8 is slower than fp32 here (3.00 vs 2.40 ms)") and "grouped" in slow
+    assert speed_note(v2, None) is None and speed_note(v2, {"speedup": 1.6, "int8_ms": 1, "fp32_ms": 1.6}) is None
+    assert "do not pay" in speed_note(v2, {"speedup": 0.9, "int8_ms": 1.1, "fp32_ms": 1.0})

@@ -102,8 +102,13 @@ def _add_list(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .optimize import PAD_MULTIPLE
     from .validate import export_to
 
+    if args.faithful and (args.pad_channels or args.absorb_shuffle):
+        raise _usage("--faithful writes the plain graph: drop --pad-channels/--absorb-shuffle")
+    if not args.faithful and not args.pad_channels and args.via == "emitter":
+        args.pad_channels = PAD_MULTIPLE  # the fastest exact graph by default (docs/export.md)
     info = export_to(
         args.variant, args.output, test_data=args.test_data, tar=args.tar, name=args.name,
         opset=args.opset, weights=args.weights, batch=args.batch, keep_batchnorm=args.keep_batchnorm,
@@ -173,9 +178,12 @@ def _add_export(sub) -> None:
                         "1.14x/1.40x faster on OpenVINO f32/bf16 here, no change on ONNX Runtime)")
     p.add_argument("--pad-channels", type=_positive_int, nargs="?", const=PAD_MULTIPLE, metavar="N",
                    help=f"pad branch interiors and the stem with zero channels to a multiple of N "
-                        f"(default {PAD_MULTIPLE}) "
+                        f"(default: on, N={PAD_MULTIPLE}, unless --faithful) "
                         "so ONNX Runtime's blocked CPU kernels apply: same outputs, V2 x1.0 1.16x faster "
                         "on ONNX Runtime here (docs/bench.md)")
+    p.add_argument("--faithful", action="store_true",
+                   help="write the plain graph, channel for channel as the architecture is described "
+                        "(default: the fastest exact graph, i.e. channel padding; the same outputs)")
     p.add_argument("--input-size", type=_positive_int,
                    help="square input size (default: the training run's, else 224)")
     p.add_argument("--labels", help="class names to store in the model (one per line, JSON list or TSV)")
@@ -236,7 +244,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     # many files: one-thread sessions, every core decodes and runs its own chunks (run_files)
     threads = args.threads or (1 if len(files) > args.batch_size else None)
     clf = Classifier(args.model, threads=threads, labels=args.labels, resize=args.resize,
-                     exact=args.exact)
+                     exact=args.exact, optimize=not args.no_optimize)
     bar = _Bar("classify", args.quiet or args.json or len(files) < 20)
     results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
     bar.close()
@@ -285,6 +293,9 @@ def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True)
                        help="apply EXIF orientation and draft-decode large JPEGs (faster, not torchvision's; "
                             "default: torchvision's exact decoding)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="run the model's graph as given (default: the runtime's exact load-time rewrites, "
+                        "e.g. channel padding; the same outputs, faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -309,7 +320,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bar = _Bar("evaluate", args.quiet or args.json)
     report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
                       label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
-                      resize=args.resize, exact=not args.photo_decoding, progress=bar)
+                      resize=args.resize, exact=not args.photo_decoding, optimize=not args.no_optimize,
+                      progress=bar)
     bar.close()
     status = 1 if report.skipped else 0  # as classify: a skipped image is a failed check
     if args.json:
@@ -569,7 +581,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         if report.latency_ms:
             lat = report.latency_ms
             print(f"latency  fp32 {lat['fp32_ms']:.2f} ms  int8 {lat['int8_ms']:.2f} ms  ({lat['speedup']:.2f}x, "
-                  f"batch 1, 1 thread, {lat['runs']} runs each, interleaved)")
+                  f"batch 1, 1 thread, {lat['runs']} runs each, {lat.get('mode', 'blocked')})")
+        if report.speed_note:
+            print(f"note     {report.speed_note}")
         if report.worst_nodes:
             print("worst    " + ", ".join(f"{t} {v:.1f} dB" for t, v in report.worst_nodes[:5]))
         if report.plot:
@@ -678,7 +692,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.images:
         rows = [r for t in args.threads or (1,) for r in bench_images_many(
-            args.models, args.images, batches=args.batch or (8,), workers=args.workers, threads=t, limit=args.limit)]
+            args.models, args.images, batches=args.batch or (8,), workers=args.workers, threads=t, limit=args.limit,
+            optimize=not args.no_optimize)]
         if args.json:
             _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
             return 0
@@ -697,7 +712,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.batch, args.threads = args.batch or (1,), args.threads or (1,)
     bar = _Bar("bench", args.quiet or args.json)
     result = bench(args.models, batches=args.batch, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                   backend=args.backend, precision=args.precision, ort_defaults=args.ort_defaults, progress=bar)
+                   backend=args.backend, precision=args.precision, ort_defaults=args.ort_defaults,
+                   mode="interleaved" if args.interleaved else "blocked", block=args.block,
+                   optimize=not args.no_optimize, progress=bar)
     bar.close()
     rows = result["rows"]
     if args.plot:
@@ -718,7 +735,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if len(base) > 1:
         print("ratios (p50, first config): " + ", ".join(
             f"{_short_name(r.model)} {base[0].p50_ms / r.p50_ms:.2f}x" for r in base[1:]) + f" vs {_short_name(base[0].model)}")
-    print(f"{rows[0].runs} interleaved runs per model and config after warm-up; peak RSS {env['peak_rss_mb']:.0f} MB")
+    print(f"{rows[0].runs} runs per model and config after warm-up, {env['mode']}; "
+          f"peak RSS {env['peak_rss_mb']:.0f} MB")
     return 0
 
 
@@ -730,8 +748,9 @@ def _short_name(model: str) -> str:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency/throughput of models, interleaved in one process",
-                       description="Loads every model, warms up, then times them in turn (A B A B ...) so "
-                                   "ratios hold on a noisy machine. With --images: decode + preprocess + "
+                       description="Loads every model, warms up, then times them in turn, in blocks of "
+                                   "consecutive runs per model (--interleaved: one run each, A B A B ...), "
+                                   "so ratios hold on a noisy machine. With --images: decode + preprocess + "
                                    "inference end to end for each model and --batch size, passes interleaved.")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list, help="comma list, e.g. 1,8 (default 1; 8 with --images)")
@@ -742,6 +761,13 @@ def _add_bench(sub) -> None:
     p.add_argument("--precision", choices=["f32", "bf16"],
                    help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
     p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
+    p.add_argument("--block", type=_positive_int, default=40,
+                   help="consecutive runs of one model per round (default 40: weights stay in cache, "
+                        "as in deployment)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="one run of each model in turn instead of blocks (evicts each model's weights)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="run the graphs as given, without the runtime's exact load-time rewrites")
     p.add_argument("--images", help="measure end to end over this image folder")
     p.add_argument("--workers", type=_positive_int, default=2, help="decode threads for --images")
     p.add_argument("--limit", type=_positive_int, help="at most N images for --images")

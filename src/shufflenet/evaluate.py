@@ -127,13 +127,14 @@ class EvalReport:
 
 def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=None,
              batch_size: int = 32, threads: int | None = None, resize: str | None = None,
-             exact: bool = True, progress=None) -> EvalReport:
+             exact: bool = True, optimize: bool = True, progress=None) -> EvalReport:
     """Accuracy of ``model`` on ``data``; with ``compare``, agreement of the two on the same images.
 
     ``exact=True`` (the default) preprocesses as torchvision's ImageNet evaluation does, bit for
     bit (full-size JPEG decoding, EXIF orientation ignored), the path published accuracies come
     from; ``exact=False`` opts into photo decoding (EXIF orientation, JPEG draft decoding: faster,
-    not torchvision's). The report's ``preprocessing`` names the one used.
+    not torchvision's). The report's ``preprocessing`` names the one used. ``optimize``: the
+    runtime's exact load-time graph rewrites (same outputs, faster).
     """
     from .preprocess import describe
 
@@ -142,7 +143,7 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
         raise DatasetError(f"{data}: not a folder")
     if label_file is not None and not Path(label_file).is_file():
         raise DatasetError(f"{label_file}: no such label file")
-    clf = Classifier(model, threads=threads, resize=resize, exact=exact)
+    clf = Classifier(model, threads=threads, resize=resize, exact=exact, optimize=optimize)
     samples, skipped, layout = discover(data, labels=clf.labels, label_file=label_file)
     if limit is not None:
         samples = samples[:limit]
@@ -171,13 +172,15 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
                         n, 100.0 * hit1 / n, 100.0 * hit5 / n, seconds, n / seconds, skipped)
     if compare is not None:
         report.compare = _compare(clf, np.stack(ok_rows), compare, [samples[i].path for i in ok_idx],
-                                  threads=threads, resize=resize, exact=exact, batch_size=batch_size)
+                                  threads=threads, resize=resize, exact=exact, batch_size=batch_size,
+                                  optimize=optimize)
     return report
 
 
 def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
     batch_size = kw.pop("batch_size")
-    other_clf = Classifier(other, threads=kw["threads"], resize=kw["resize"], exact=kw["exact"])
+    other_clf = Classifier(other, threads=kw["threads"], resize=kw["resize"], exact=kw["exact"],
+                           optimize=kw["optimize"])
     rows = []
     for r in run_files(other_clf, paths, top=5, batch_size=batch_size, keep_outputs=True):
         if r.error:

@@ -30,7 +30,7 @@ class Runner:
     """Runs a model: ONNX Runtime, on an upgraded copy below opset 7, else onnx's reference evaluator."""
 
     def __init__(self, model: onnx.ModelProto, *, threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str] | None = None, optimize: bool = True) -> None:
         self.opset = model_opset(model)
         self.input_names = [i.name for i in model.graph.input
                             if i.name not in {t.name for t in model.graph.initializer}]
@@ -40,10 +40,11 @@ class Runner:
         self.fixed_batch = dim0[0].dim_value if dim0 and dim0[0].HasField("dim_value") else None
         self._ref = None
         self.threads = threads  # intra-op threads asked for (None: ONNX Runtime's default)
+        self.rewrites = None  # the load-time rewrites applied, in words (None: the graph as given)
         try:
             runnable = upgrade_to_opset7(model)
             self.engine = "onnxruntime" if runnable is model else "onnxruntime (exact upgraded copy at opset 7)"
-            self._session = _session(runnable, threads, providers)
+            self._session, self.rewrites = _optimized_session(runnable, threads, providers, optimize)
         except LegacyUpgradeError:
             from onnx.reference import ReferenceEvaluator
 
@@ -73,6 +74,23 @@ class Runner:
                 chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
             outs.append(self.run({self.input_names[0]: chunk})[0][:n])
         return np.concatenate(outs)
+
+
+def _optimized_session(model: onnx.ModelProto, threads: int | None, providers, optimize: bool):
+    """(session, rewrites applied or None): the exact load-time rewrites
+    (:func:`shufflenet.onnx_optimize.optimize_for_inference`) unless ``optimize`` is False; the
+    plain graph when they do not apply or ONNX Runtime refuses the rewritten one."""
+    if optimize:
+        from .onnx_optimize import OPTIMIZED_KEY, optimize_for_inference
+
+        fast = optimize_for_inference(model)
+        if fast is not model:
+            try:
+                return _session(fast, threads, providers), next(
+                    p.value for p in fast.metadata_props if p.key == OPTIMIZED_KEY)
+            except RuntimeError_:
+                pass
+    return _session(model, threads, providers), None
 
 
 def _session(model: onnx.ModelProto, threads: int | None, providers: Sequence[str] | None):
@@ -207,19 +225,20 @@ class Classifier:
     ``model``: a path, a zoo artifact name, a variant name (pretrained, fetched when needed) or
     ``VARIANT:random[:SEED]``. Preprocessing and output kind come from the model's metadata (or
     its I/O names for files we did not write); labels: ``labels`` given here, else the model's
-    metadata, else ImageNet's for 1000 classes. ``predict`` is thread-safe: one ONNX Runtime
-    session serves all threads.
+    metadata, else ImageNet's for 1000 classes. By default the exact load-time rewrites of
+    :mod:`shufflenet.onnx_optimize` apply; ``optimize=False`` runs the graph as given.
+    ``predict`` is thread-safe: one ONNX Runtime session serves all threads.
     """
 
     def __init__(self, model, *, threads: int | None = None, providers=None, labels=None,
-                 resize: str | None = None, exact: bool = False) -> None:
+                 resize: str | None = None, exact: bool = False, optimize: bool = True) -> None:
         from .labels import imagenet_labels, load_labels
 
         proto, self.source = resolve_model(model)
         self.recipe, self.output_kind, meta_labels = _model_info(proto)
         self.resize = resize or self.recipe.resize_mode
         self.exact = exact
-        self.runner = Runner(proto, threads=threads, providers=providers)
+        self.runner = Runner(proto, threads=threads, providers=providers, optimize=optimize)
         self.input_name = self.runner.input_names[0]
         self.fixed_batch = self.runner.fixed_batch
         out_dims = proto.graph.output[0].type.tensor_type.shape.dim

@@ -568,12 +568,27 @@ def weights_from_onnx(path: str | os.PathLike, spec: VariantSpec, num_classes: i
     for key, p in table.items():
         for cand in (key, f"{key}_0"):
             if cand in inits:
-                by_name[key] = inits[cand]
+                by_name[key] = _unpad(inits[cand], p.shape)
                 break
     float_keys = [k for k, p in table.items() if p.dtype == "float32"]
     if all(k in by_name for k in float_keys):
         return by_name
     return _weights_by_structure(model, inits, graph, path)
+
+
+def _unpad(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A padded model's parameter (``export``'s default, ``optimize.pad_channels``) cut back to the
+    architecture's shape: only when it is larger along some axes and everything cut is padding
+    (zeros; ones for a padded BatchNorm variance). Anything else is returned as it is."""
+    shape = tuple(shape)
+    if arr.ndim != len(shape) or tuple(arr.shape) == shape or any(a < b for a, b in zip(arr.shape, shape)):
+        return arr
+    cut = arr[tuple(slice(0, b) for b in shape)]
+    rest = arr.copy()
+    rest[tuple(slice(0, b) for b in shape)] = 0
+    if not np.all((rest == 0) | (rest == 1)):
+        return arr
+    return np.ascontiguousarray(cut)
 
 
 def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
@@ -615,6 +630,7 @@ def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
                 pending_bias[node.output] = arr  # a folded BN's bias
                 continue
             key = node.params[role]
+            arr = _unpad(arr, table[key].shape)
             if tuple(arr.shape) != table[key].shape:
                 raise WeightsError(f"{path}: {op} parameter for {key!r} has shape {tuple(arr.shape)}, "
                                    f"the architecture needs {table[key].shape}")
@@ -624,6 +640,7 @@ def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
             conv_out = bn.inputs[0]
             c = bn.attrs["channels"]
             folded_bias = pending_bias.pop(conv_out, None)
+            folded_bias = None if folded_bias is None else folded_bias[:c]  # a padded model's extra channels
             conv = next(n for n in graph.nodes if n.output == conv_out)
             if "bias" in conv.params:  # the folded bias sits in the conv's own slot
                 folded_bias, out[conv.params["bias"]] = out[conv.params["bias"]], np.zeros(c, np.float32)
