@@ -245,6 +245,8 @@ class _Model:
                     if not item.future.done():
                         item.future.set_exception(_HTTPError(503, "the server is shutting down"))
                 raise
+            except Exception as e:  # never let one batch end the batcher
+                results = [_HTTPError(500, f"model {self.name!r} failed: {type(e).__name__}: {e}")] * len(batch)
             self.metrics.stage.labels(self.name, "model").observe(time.perf_counter() - t0)
             for item, result in zip(batch, results):
                 if item.future.done():
@@ -261,14 +263,14 @@ class _Model:
             raw = self.clf.outputs(np.concatenate(parts) if len(parts) > 1 else parts[0])
             bounds = np.cumsum([0] + [len(p) for p in parts])
             return [raw[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        except ShuffleNetError:
+        except Exception as e:
             if len(parts) == 1:
-                return [_HTTPError(500, f"model {self.name!r} failed on this input")]
+                return [_HTTPError(500, f"model {self.name!r} failed on this input: {e}")]
             out = []
             for p in parts:
                 try:
                     out.append(self.clf.outputs(p))
-                except ShuffleNetError as e:
+                except Exception as e:
                     out.append(_HTTPError(500, f"model {self.name!r} failed on this input: {e}"))
             return out
 
