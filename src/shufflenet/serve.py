@@ -43,6 +43,17 @@ class ServeError(ShuffleNetError):
     """The server cannot start (bad options, duplicate model names, port in use)."""
 
 
+def _require_extra() -> None:
+    import importlib
+
+    for module in ("starlette", "uvicorn", "prometheus_client", "multipart"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MissingDependencyError(f"`shufflenet serve` needs the serve extra ({module} is missing): "
+                                         "pip install 'shufflenet[serve]'") from None
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     max_batch: int = 32            # rows per model run: V2 x1.0 at 32 rows is ~80 ms on one core
@@ -139,6 +150,8 @@ class _Model:
         self.name, self.clf, self.opts, self.metrics = name, clf, opts, metrics
         self.input_shape = [-1 if clf.fixed_batch is None else clf.fixed_batch, 3, clf.recipe.crop, clf.recipe.crop]
         self.output_name = clf.runner.output_names[0]
+        # what clients see of the model's origin: a file's name, never the server's folders
+        self.source = Path(clf.source).name if Path(clf.source).exists() else clf.source
         self.queue: deque[_Item] = deque()
         self.rows_waiting = 0
         self.ready = False
@@ -151,7 +164,7 @@ class _Model:
         return {"name": self.name, "versions": [API_VERSION], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": self.clf.input_name, "datatype": "FP32", "shape": self.input_shape}],
                 "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, self.clf.num_classes or -1]}],
-                "parameters": {"output_kind": self.clf.output_kind, "source": self.clf.source,
+                "parameters": {"output_kind": self.clf.output_kind, "source": self.source,
                                "max_batch_size": self.opts.max_batch}}
 
     def preprocessing(self) -> dict:
@@ -443,15 +456,13 @@ def create_app(models, *, options: ServeOptions | None = None,
     {name: spec or Classifier}. Options come as ``options=ServeOptions(...)`` or as keywords
     (``max_batch=8``), not both. ``on_ready`` is called once every model is loaded and warmed.
     """
-    try:
-        from starlette.applications import Starlette
-        from starlette.exceptions import HTTPException
-        from starlette.requests import Request
-        from starlette.responses import HTMLResponse, JSONResponse, Response
-        from starlette.routing import Route
-    except ImportError:
-        raise MissingDependencyError("`shufflenet serve` needs the serve extra: "
-                                     "pip install 'shufflenet[serve]'") from None
+    _require_extra()
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+
     from . import __version__
     from .runtime import Classifier
 
@@ -655,7 +666,7 @@ def create_app(models, *, options: ServeOptions | None = None,
         raw = await m.submit(rows, deadline)
         t1 = time.perf_counter()
         preds = m.clf.top(m.clf.probabilities_from(raw), int(top_text))[0]
-        answer = {"model": m.name, "source": m.clf.source, "output_kind": m.clf.output_kind,
+        answer = {"model": m.name, "source": m.source, "output_kind": m.clf.output_kind,
                   "preprocessing": m.preprocessing(),
                   "predictions": [{"index": p.index, "label": p.label, "probability": p.probability} for p in preds]}
         response = JSONResponse(answer)
@@ -686,7 +697,7 @@ def create_app(models, *, options: ServeOptions | None = None,
     @endpoint("models")
     async def list_models(request: Request):
         return JSONResponse({"models": [
-            {"name": m.name, "ready": m.ready, "source": m.clf.source, "output_kind": m.clf.output_kind,
+            {"name": m.name, "ready": m.ready, "source": m.source, "output_kind": m.clf.output_kind,
              "num_classes": m.clf.num_classes, "preprocessing": m.preprocessing()} for m in served.values()]})
 
     @endpoint("metrics")
@@ -752,10 +763,9 @@ def run(app, *, host: str = "127.0.0.1", port: int = 8000, on_listening: Callabl
     import signal
     import socket
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise MissingDependencyError("`shufflenet serve` needs the serve extra: pip install 'shufflenet[serve]'") from None
+    _require_extra()
+    import uvicorn
+
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family = infos[0][0]
@@ -791,6 +801,7 @@ def serve(models: Sequence, *, host: str = "127.0.0.1", port: int = 8000, option
           on_ready: Callable[[str, list[str]], None] | None = None) -> None:
     """Load ``models`` (``--model`` values), then serve them until SIGTERM/SIGINT.
     ``on_ready(url, names)`` is called once every model is loaded and warmed."""
+    _require_extra()  # before minutes of model loading
     opts = options or ServeOptions()
     loaded = load_models(models, threads=opts.threads)
     where: dict[str, str] = {}
