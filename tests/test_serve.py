@@ -57,11 +57,11 @@ def _jpeg(seed: int, size=(320, 240)) -> bytes:
 class Server:
     """A uvicorn server for one app in a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, *, wait_ready: bool = True) -> None:
         import uvicorn
 
         self.app = app
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
@@ -69,9 +69,9 @@ class Server:
         self.thread.start()
         self.client = httpx.Client(base_url=self.url, timeout=60)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # ready: every model loaded and warmed
+        while time.monotonic() < deadline:  # ready: every model loaded and warmed (or just live)
             try:
-                if self.client.get("/v2/health/ready").status_code == 200:
+                if self.client.get("/v2/health/ready" if wait_ready else "/v2/health/live").status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -197,6 +197,27 @@ def test_health_metadata_and_model_list(server):
     assert [m["name"] for m in models] == ["tiny", "other"] and models[0]["ready"] is True
     page = c.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "<script>" in page.text
+
+
+def test_ready_only_once_warmed(model_path, images224):
+    app = create_app({"tiny": Classifier(model_path, threads=1)}, max_batch=4)
+    gate = Gate(app.state.shufflenet["tiny"])  # holds the warm-up run
+    s = Server(app, wait_ready=False)
+    try:
+        c = s.client
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 503
+        assert c.get("/v2/models/tiny/ready").json() == {"name": "tiny", "ready": False}
+        content, headers = _binary_request(images224[:1])
+        r = c.post("/v2/models/tiny/infer", content=content, headers=headers)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "loading" in r.json()["error"]
+        gate.release()
+        _wait_for(lambda: c.get("/v2/health/ready").status_code == 200, "ready after warm-up")
+        assert gate.batches[:2] == [1, 4]  # warmed at batch 1 and at --max-batch
+        assert c.post("/v2/models/tiny/infer", content=content, headers=headers).status_code == 200
+    finally:
+        gate.release()
+        s.close()
 
 
 def test_infer_json_and_binary_match_the_runtime(server, images224):
