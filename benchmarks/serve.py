@@ -163,6 +163,20 @@ def breakdown(before: dict, after: dict) -> dict:
     return out
 
 
+def markdown(report: dict) -> str:
+    """The docs' table from a results file."""
+    lines = ["| model | requests | clients | max-batch | req/s (median of rounds) | p50 ms | p99 ms | failed | mean batch "
+             "| decode ms | queue ms | model ms per batch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for r in sorted(report["rows"], key=lambda r: (r["model"], r["kind"], r["clients"], r["max_batch"])):
+        lines.append(f"| {r['model']} | {r['kind']} | {r['clients']} | {r['max_batch']} | {r['throughput_median']:.1f} "
+                     f"({', '.join(f'{t:.0f}' for t in r['throughput_rounds'])}) | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} "
+                     f"| {r['failed']} | {fmt(r['mean_batch'])} | {fmt(r['decode_ms'])} | {fmt(r['queue_ms'])} "
+                     f"| {fmt(r['model_ms'])} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "imagenet-sample"),
@@ -177,7 +191,11 @@ def main() -> int:
     ap.add_argument("--delay-ms", type=float, default=5.0, help="--max-delay-ms of the batching servers")
     ap.add_argument("--leak-requests", type=int, default=10_000)
     ap.add_argument("--out", help="write the results as JSON")
+    ap.add_argument("--table", help="only print the markdown table of this results file")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return 0
 
     files = sorted(f for f in Path(args.data).iterdir() if f.suffix.lower() in (".jpg", ".jpeg"))
     if not files:

@@ -45,13 +45,18 @@ class ServeError(ShuffleNetError):
 
 def _require_extra() -> None:
     import importlib
+    import importlib.util
 
-    for module in ("starlette", "uvicorn", "prometheus_client", "multipart"):
+    for module in ("starlette", "uvicorn", "prometheus_client"):
         try:
             importlib.import_module(module)
         except ImportError:
             raise MissingDependencyError(f"`shufflenet serve` needs the serve extra ({module} is missing): "
                                          "pip install 'shufflenet[serve]'") from None
+    # python-multipart (multipart uploads); newer releases name the module python_multipart
+    if not (importlib.util.find_spec("python_multipart") or importlib.util.find_spec("multipart")):
+        raise MissingDependencyError("`shufflenet serve` needs the serve extra (python-multipart is missing): "
+                                     "pip install 'shufflenet[serve]'")
 
 
 @dataclass(frozen=True)
@@ -631,7 +636,7 @@ def create_app(models, *, options: ServeOptions | None = None,
         metrics.stage.labels(m.name, "decode").observe(time.perf_counter() - t0)
         raw = await m.submit(rows, deadline)
         t1 = time.perf_counter()
-        content, headers = _encode_infer(req, m, raw, binary)
+        content, headers = await in_pool(_encode_infer, req, m, raw, binary)  # JSON text is not free
         metrics.stage.labels(m.name, "encode").observe(time.perf_counter() - t1)
         media = headers.pop("Content-Type")
         return Response(content, 200, headers=headers, media_type=media)
