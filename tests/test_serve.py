@@ -511,6 +511,22 @@ def test_cli_errors_are_one_line(model_path, capsys):
         assert err.startswith("shufflenet serve: error: cannot listen on") and err.count("\n") == 1
 
 
+def test_options_and_app_arguments(model_path):
+    from shufflenet.serve import ServeError, ServeOptions
+
+    with pytest.raises(ServeError, match="max_batch=0"):
+        ServeOptions(max_batch=0)
+    with pytest.raises(ServeError, match="not both"):
+        create_app(str(model_path), options=ServeOptions(), max_batch=2)
+    clf = Classifier(model_path, threads=1)
+    app = create_app([clf], options=ServeOptions(max_batch=4))
+    assert list(app.state.shufflenet) == ["tiny"] and app.state.options.max_batch == 4
+    with pytest.raises(ServeError, match="two models are named 'tiny'"):
+        create_app([clf, clf])
+    with pytest.raises(ServeError, match="cannot be used in a URL"):
+        create_app({"a b": clf})
+
+
 def test_model_names(model_path, tmp_path):
     from shufflenet.serve import model_name
 

@@ -485,7 +485,10 @@ def create_app(models, *, options: ServeOptions | None = None,
         loaded = {}
         for m in items:
             if isinstance(m, Classifier):
-                name = model_name(m.source) if m.source != "<in-memory model>" else f"model{len(loaded)}"
+                # "shufflenet_v2_x1_0 (torchvision weights)" -> "shufflenet_v2_x1_0"
+                name = model_name(m.source.split(" (")[0]) if m.source != "<in-memory model>" else f"model{len(loaded)}"
+                if not _NAME.match(name):
+                    raise ServeError(f"model name {name!r} cannot be used in a URL; pass {{name: classifier}}")
                 if name in loaded:
                     raise ServeError(f"two models are named {name!r}; pass a dict of names")
                 loaded[name] = m
