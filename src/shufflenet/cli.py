@@ -777,10 +777,59 @@ def _add_bench(sub) -> None:
     p.set_defaults(handler=_cmd_bench)
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeOptions, serve
+
+    options = ServeOptions(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_body_mb=args.max_body_mb,
+                           max_queue=args.max_queue, timeout_ms=args.timeout_ms, threads=args.threads)
+
+    def ready(url: str, names: list[str]) -> None:
+        print(f"shufflenet serve: ready at {url} (models: {', '.join(names)})", flush=True)
+
+    serve(args.model, host=args.host, port=args.port, options=options, on_ready=ready)
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP inference server: KServe v2 protocol, images in / labels out, "
+                                     "dynamic batching, metrics (needs the serve extra)",
+                       description="Serves until SIGTERM or Ctrl-C, finishing requests in flight. API and "
+                                   "limits: docs/serving.md.")
+    p.add_argument("--model", action="append", required=True,
+                   help="a .onnx path, .tar.gz, zoo artifact, variant or VARIANT:random[:SEED], optionally "
+                        "NAME=MODEL; repeat for several. URL name: NAME, else the file stem, else as given")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 takes a free one)")
+    p.add_argument("--max-batch", type=_positive_int, default=32, help="rows per model run (default 32)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0,
+                   help="how long a batch's first request waits for more (default 5)")
+    p.add_argument("--max-body-mb", type=_positive_float, default=20.0, help="request body limit, 413 above (default 20)")
+    p.add_argument("--max-queue", type=_positive_int, default=256,
+                   help="rows waiting per model before 503 + Retry-After (default 256)")
+    p.add_argument("--timeout-ms", type=_positive_float, default=30000.0,
+                   help="request deadline, 504 after (default 30000; a request may ask for less)")
+    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads per model "
+                                                        "(default: ONNX Runtime's)")
+    p.set_defaults(handler=_cmd_serve)
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch,
-               _add_demo_data, _add_train, _add_quantize, _add_zoo, _add_bench]
+               _add_demo_data, _add_train, _add_quantize, _add_zoo, _add_bench, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
