@@ -299,8 +299,8 @@ def _add_engine_args(p, *, output: bool) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: every core of this machine; ray: a Ray Data actor pool (the ray extra), "
                         "same results bit for bit (docs/scale.md)")
-    p.add_argument("--address", help="ray: join this cluster (e.g. ray://head:10001 or HEAD_IP:6379); "
-                                      "default: a local Ray for the command")
+    p.add_argument("--address", help="ray: join this cluster (HEAD_IP:6379); default: $RAY_ADDRESS, "
+                                      "else a local Ray started and stopped with the command")
     p.add_argument("--workers", type=_positive_int,
                    help="ray: actors, each with --threads CPUs (default: as many as the cluster's CPUs allow)")
     if output:

@@ -37,6 +37,8 @@ class RayEngineError(ShuffleNetError, RuntimeError):
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
 #: a "file" larger than this is refused before it is read whole into an actor's memory
 MAX_FILE_BYTES = 256 * 1024 * 1024
+#: rows per Parquet row group (result batches are gathered: 16-row groups would bloat the file)
+ROW_GROUP = 65536
 #: the stages an actor times (``stage_times``)
 STAGES = ("read", "decode", "preprocess", "inference")
 #: threads per actor reading its batch's files (I/O waits on object stores, not CPU)
@@ -353,12 +355,14 @@ def _dataset(ray, source, proto, clf, *, top, batch_size, workers, threads, stag
 
 
 class connect:
-    """Context manager: join the cluster at ``address``, or start a private local Ray for the
-    block (``address=None``) and stop it after; an already initialised Ray is used as it is.
+    """Context manager: join the cluster at ``address`` (else ``$RAY_ADDRESS``), or start a
+    private local Ray for the block when neither is set and stop it after; an already initialised
+    Ray is used as it is.
     """
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
-        self.address, self.num_cpus, self.owned = address, num_cpus, False
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus, self.owned = num_cpus, False
 
     def __enter__(self):
         import logging
@@ -457,8 +461,8 @@ def classify(sources: Sequence[str], model, output, *, address: str | None = Non
     (``.parquet`` or ``.jsonl``, written to a temp file beside it and renamed when complete).
 
     Inputs that expand to nothing (a missing file, an empty folder) and files that cannot be read
-    or decoded are counted in ``failed``; the job goes on. ``address``: join that cluster; None
-    starts a local Ray (``num_cpus``) for the call and stops it after. ``stage_times`` adds the
+    or decoded are counted in ``failed``; the job goes on. ``address``: join that cluster (else
+    ``$RAY_ADDRESS``); neither starts a local Ray (``num_cpus``) for the call and stops it after. ``stage_times`` adds the
     seconds per stage, summed over actors, to the report (and the per-row columns to the output).
     """
     fmt = output_format(output)
@@ -469,7 +473,8 @@ def classify(sources: Sequence[str], model, output, *, address: str | None = Non
     out = Path(output)
     failed: list[tuple[str, str]] = []
     stages: dict[str, float] = {}
-    with connect(address, num_cpus=num_cpus) as ray:
+    cluster = connect(address, num_cpus=num_cpus)
+    with cluster as ray:
         ds = _dataset(ray, paths, proto, clf, top=top, batch_size=batch_size, workers=workers,
                       threads=threads, stage_times=stage_times)
         _, pool = _pool(ray, workers, threads)
@@ -493,7 +498,7 @@ def classify(sources: Sequence[str], model, output, *, address: str | None = Non
             writer.commit()
         finally:
             writer.abort()
-    return RayClassifyReport(source, str(out), fmt, address, pool, threads, len(paths),
+    return RayClassifyReport(source, str(out), fmt, cluster.address, pool, threads, len(paths),
                              len(paths) - len(failed), failed + problems, seconds, clf.output_kind,
                              _preprocessing(clf), stages)
 
@@ -505,7 +510,7 @@ def _preprocessing(clf) -> str:
 
 class _Writer:
     """Rows to a temp file beside ``path``, renamed into place by ``commit`` (Parquet row groups
-    or JSON lines as they arrive: memory stays bounded)."""
+    of :data:`ROW_GROUP` rows or JSON lines as they arrive: memory stays bounded)."""
 
     def __init__(self, path: Path, fmt: str) -> None:
         import tempfile
@@ -515,23 +520,37 @@ class _Writer:
         os.close(fd)
         self.path, self.tmp, self.fmt = path, Path(tmp), fmt
         self.parquet = None
+        self.pending: list = []  # result tables (one per batch) gathered into whole row groups
+        self.pending_rows = 0
         self.jsonl = open(self.tmp, "w", encoding="utf-8") if fmt == "jsonl" else None
 
     def write(self, table) -> None:
         if self.fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            if self.parquet is None:
-                self.parquet = pq.ParquetWriter(self.tmp, table.schema)
-            self.parquet.write_table(table)
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+            if self.pending_rows >= ROW_GROUP:
+                self._flush()
         else:
             import json
 
             for row in table.to_pylist():
                 self.jsonl.write(json.dumps(row) + "\n")
 
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        if self.parquet is None:
+            self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+        self.parquet.write_table(table, row_group_size=ROW_GROUP)
+        self.pending, self.pending_rows = [], 0
+
     def commit(self) -> None:
         if self.fmt == "parquet":
+            self._flush()
             if self.parquet is None:  # no rows at all: still a valid, empty file
                 import pyarrow.parquet as pq
 
