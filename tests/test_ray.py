@@ -235,6 +235,25 @@ def test_without_address_a_local_ray_starts_and_stops(cluster, model, data, tmp_
     assert left["stdout"].strip() == "2", left
 
 
+def test_sources_folders_globs_uris_and_lists(data, tmp_path):
+    from shufflenet.ray_engine import list_sources
+    from shufflenet.runtime import expand_inputs
+
+    local, _ = expand_inputs([str(data)])
+    assert list_sources([str(data)]) == ([str(p) for p in local], [])  # exactly local classify's
+    pngs = sorted(str(p) for p in data.glob("*.png"))
+    assert list_sources([str(data / "*.png")])[0] == pngs
+    assert list_sources([data.as_uri()])[0] == [p.as_uri() for p in local]
+    assert list_sources([data.as_uri() + "/*.png"])[0] == [Path(p).as_uri() for p in pngs]
+    (tmp_path / "sub").mkdir()
+    listing = tmp_path / "sub" / "l.txt"
+    listing.write_text(f"a.jpg\n\n# note\n{pngs[0]}\n{data.as_uri()}/x.png\n")
+    assert list_sources([str(listing)])[0] == [str(tmp_path / "sub" / "a.jpg"), pngs[0], f"{data.as_uri()}/x.png"]
+    paths, problems = list_sources([str(data / "none*.jpg"), (data / "none.jpg").as_uri(), str(tmp_path / "sub")])
+    assert paths == [] and [why for _, why in problems] == [
+        "no file matches this pattern", "no such file or folder", "folder holds no images"]
+
+
 def test_engine_options_are_checked(model, data, tmp_path, capsys):
     assert main(["classify", str(data), "--address", "127.0.0.1:1"]) == 2
     assert "--address: only with --engine ray" in capsys.readouterr().err

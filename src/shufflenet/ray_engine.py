@@ -110,21 +110,15 @@ def _read_list(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
 def _expand_uri(uri: str) -> tuple[list[str], str | None]:
     import fnmatch
     import glob
+    import itertools
 
     import pyarrow.fs as pafs
 
-    scheme = uri.split("://", 1)[0] + "://"
-    magic = glob.has_magic(uri)
-    base = uri
-    if magic:  # list from the longest folder without wildcards, then match
-        head = uri.split("://", 1)[1]
-        parts = head.split("/")
-        fixed = []
-        for part in parts:
-            if glob.has_magic(part):
-                break
-            fixed.append(part)
-        base = scheme + "/".join(fixed)
+    scheme, _, rest = uri.partition("://")
+    scheme += "://"
+    magic = glob.has_magic(rest)
+    base = uri.rstrip("/") if not magic else scheme + "/".join(  # the folder above the first wildcard
+        itertools.takewhile(lambda part: not glob.has_magic(part), rest.split("/")))
     try:
         fs, root = pafs.FileSystem.from_uri(base)
         info = fs.get_file_info(root)
@@ -137,7 +131,9 @@ def _expand_uri(uri: str) -> tuple[list[str], str | None]:
         return [], f"cannot list ({' '.join(str(e).split())})"
     from .runtime import IMAGE_SUFFIXES
 
-    files = sorted(scheme + e.path for e in entries if e.type == pafs.FileType.File)
+    # the filesystem's paths are the URI's tail ("bucket/key" for s3, "/a/b" for file://, hdfs)
+    prefix = base[:len(base) - len(root)] if root and base.endswith(root) else scheme
+    files = sorted(prefix + e.path for e in entries if e.type == pafs.FileType.File)
     if magic:
         files = [f for f in files if fnmatch.fnmatchcase(f, uri)]
         return files, None if files else "no file matches this pattern"
@@ -437,8 +433,13 @@ def output_format(output: str | os.PathLike) -> str:
 def _run(ds, total: int, progress, consume) -> int:
     """Stream the dataset's result tables to ``consume``, reporting progress; Ray's failures of
     the job as a whole become RayEngineError. Returns the rows seen."""
+    import logging
+
     ds.context.enable_progress_bars = False  # the caller's progress callback reports instead
     ds.context.print_on_execution_start = False
+    quiet = logging.getLogger("ray.data")  # its INFO/WARNING lines would break the progress line
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     done = 0
     try:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -450,6 +451,8 @@ def _run(ds, total: int, progress, consume) -> int:
         raise
     except Exception as e:
         raise RayEngineError(f"the Ray job failed: {_one_line(e)}") from None
+    finally:
+        quiet.setLevel(level)
     return done
 
 
