@@ -45,20 +45,29 @@ def _shown(text) -> str:
 class _Bar:
     """A one-line progress bar on stderr, only on a terminal and without --quiet."""
 
-    def __init__(self, label: str, quiet: bool = False) -> None:
+    def __init__(self, label: str, quiet: bool = False, *, rate: bool = False) -> None:
         self.label, self.on = label, (not quiet) and sys.stderr.isatty()
         self.last = -1
+        self.rate, self.first = rate, None  # rate: images/s since the first report (start-up excluded)
 
     def __call__(self, done: int, total: int | None) -> None:
         if not self.on:
             return
         if total:
             pct = int(100 * done / total)
-            if pct == self.last:
+            if pct == self.last and not self.rate:
                 return
             self.last = pct
             bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}% ({done}/{total})")
+            speed = ""
+            if self.rate:
+                import time
+
+                now = time.perf_counter()
+                self.first = self.first or (now, done)
+                if done > self.first[1]:
+                    speed = f" {(done - self.first[1]) / (now - self.first[0]):.1f} images/s"
+            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}% ({done}/{total}){speed}")
         else:
             sys.stderr.write(f"\r{self.label} {done:,}")
         sys.stderr.flush()
@@ -232,10 +241,21 @@ def _add_validate(sub) -> None:
 # --------------------------------------------------------------------------- classify
 
 
+def _check_engine(args: argparse.Namespace, ray_only: Sequence[str]) -> None:
+    """Options of the ray engine given without it are an error, not silently ignored."""
+    if args.engine != "ray":
+        given = [f"--{name.replace('_', '-')}" for name in ray_only if getattr(args, name, None) is not None]
+        if given:
+            raise _usage(f"{', '.join(given)}: only with --engine ray")
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .preprocess import describe
     from .runtime import Classifier, expand_inputs, run_files
 
+    _check_engine(args, ("address", "workers", "output"))
+    if args.engine == "ray":
+        return _classify_ray(args)
     files, problems = expand_inputs(args.images)
     if not files and problems:
         for item, why in problems:
@@ -274,6 +294,41 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _classify_ray(args: argparse.Namespace) -> int:
+    from .ray_engine import classify
+
+    if args.output is None:
+        raise _usage("--engine ray writes one row per image to --output FILE (.parquet or .jsonl)")
+    bar = _Bar("classify", args.quiet or args.json, rate=True)
+    report = classify(args.images, args.model, args.output, address=args.address, workers=args.workers,
+                      threads=args.threads or 1, top=args.top, batch_size=args.batch_size,
+                      labels=args.labels, resize=args.resize, exact=args.exact, progress=bar)
+    bar.close()
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for path, why in report.failed:
+            print(f"shufflenet classify: skipped {why if why.startswith(path) else f'{path}: {why}'}",
+                  file=sys.stderr)
+        print(f"wrote {report.images} rows to {report.output} ({report.ok} classified, "
+              f"{len(report.failed)} failed) in {report.seconds:.1f} s: {report.images_per_second:.1f} images/s "
+              f"on {report.workers} Ray actors x {report.threads} thread(s)")
+    return 1 if report.failed else 0  # as local classify: 1 when any input was skipped
+
+
+def _add_engine_args(p, *, output: bool) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: every core of this machine; ray: a Ray Data actor pool (the ray extra), "
+                        "same results bit for bit (docs/scale.md)")
+    p.add_argument("--address", help="ray: join this cluster (HEAD_IP:6379); default: $RAY_ADDRESS, "
+                                      "else a local Ray started and stopped with the command")
+    p.add_argument("--workers", type=_positive_int,
+                   help="ray: actors, each with --threads CPUs (default: as many as the cluster's CPUs allow)")
+    if output:
+        p.add_argument("--output", "-o", help="ray: one row per input (path, top-k indices, labels, "
+                                              "probabilities, error) as .parquet or .jsonl, written atomically")
+
+
 def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True) -> None:
     p.add_argument("--model", default="shufflenet_v2_x1_0", required=model_required,
                    help="a .onnx path, a zoo artifact (shufflenet-v2-12 ...), a variant (pretrained, "
@@ -303,10 +358,12 @@ def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="top-k classes for images, folders or globs",
                        description="Exit 0: every file answered; 1: some files were skipped (each "
                                    "reported with the reason); 2: nothing usable.")
-    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs; with "
+                                             "--engine ray also URIs (s3://...) and .txt lists of paths")
     _add_model_args(p)
     p.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--labels", help="label file for a custom model (one per line, JSON list or TSV)")
+    _add_engine_args(p, output=True)
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_classify)
 
@@ -315,13 +372,23 @@ def _add_classify(sub) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    _check_engine(args, ("address", "workers"))
+    bar = _Bar("evaluate", args.quiet or args.json, rate=args.engine == "ray")
+    if args.engine == "ray":
+        from .ray_engine import evaluate
 
-    bar = _Bar("evaluate", args.quiet or args.json)
-    report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
-                      label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
-                      resize=args.resize, exact=not args.photo_decoding, optimize=not args.no_optimize,
-                      progress=bar)
+        if args.compare:
+            raise _usage("--compare runs with the local engine only")
+        report = evaluate(args.model, args.data, label_file=args.label_file, limit=args.limit,
+                          address=args.address, workers=args.workers, threads=args.threads or 1,
+                          batch_size=args.batch_size, resize=args.resize, exact=not args.photo_decoding, progress=bar)
+    else:
+        from .evaluate import evaluate
+
+        report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
+                          label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
+                          resize=args.resize, exact=not args.photo_decoding, optimize=not args.no_optimize,
+                          progress=bar)
     bar.close()
     status = 1 if report.skipped else 0  # as classify: a skipped image is a failed check
     if args.json:
@@ -356,6 +423,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--label-file", help="'filename index' per line (ImageNet val convention)")
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
     p.add_argument("--compare", metavar="MODEL2", help="also report agreement with a second model")
+    _add_engine_args(p, output=False)
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_evaluate)
 
