@@ -172,12 +172,55 @@ def _bounded(extra: list[str]):
     return handler
 
 
+def _swap_models(argv: list[str], ws: Workspace, *options: str) -> list[str]:
+    argv = list(argv)
+    for i, word in enumerate(argv[:-1]):
+        if word in options:
+            argv[i + 1] = ws.offline_model(argv[i + 1])
+    return argv
+
+
 def _serve(argv: list[str], ws: Workspace) -> None:
-    # HOOK for `shufflenet serve ...` lines: a long-running command. Start it with
-    # `_long_running([sys.executable, "-m", "shufflenet", *argv], ready=URL, ws=ws)` (below),
-    # where URL is http://127.0.0.1:PORT/v2/health/ready with the line's --port; it probes
-    # until ready, then stops the server. Until the serve command exists, a serve line fails.
-    pytest.fail(f"no handler for `shufflenet {shlex.join(argv)}` yet: see the HOOK in tests/test_readme.py")
+    """`shufflenet serve ...`: a long-running server, started as written (its port included),
+    probed until /v2/health/ready answers 200, then stopped."""
+    argv = _swap_models(argv, ws, "--model")
+    port = argv[argv.index("--port") + 1] if "--port" in argv else "8000"
+    _long_running([sys.executable, "-m", "shufflenet", *argv], ready=f"http://127.0.0.1:{port}/v2/health/ready",
+                  ws=ws, timeout=180)
+
+
+#: a private network (loopback only) and PID namespace: Ray binds to 127.0.0.1 in there and
+#: everything it starts dies with the namespace (as tests/test_ray.py's cluster)
+_PRIVATE = ["unshare", "--net", "--pid", "--fork", "--mount", "--mount-proc", "--kill-child",
+            "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+def _classify(argv: list[str], ws: Workspace) -> None:
+    """`classify ... --engine ray` starts a local Ray: run it in a private network namespace."""
+    argv = _swap_models(argv, ws, "--model")
+    if "--engine" not in argv or argv[argv.index("--engine") + 1] != "ray":
+        return _cli(argv, ws)
+    import os
+    import shutil
+
+    pytest.importorskip("ray")
+    probe = subprocess.run([*_PRIVATE, "true"], capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"the README's Ray line must run in CI: {probe.stderr if probe else 'no unshare'}")
+        pytest.skip("cannot make a private network namespace for Ray here")
+    done = subprocess.run([*_PRIVATE, sys.executable, "-m", "shufflenet", *argv], cwd=ws.root, capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"shufflenet {shlex.join(argv)} exited {done.returncode}\n{done.stderr[-3000:]}"
+
+
+def _apt(argv: list[str], ws: Workspace) -> None:
+    """`apt-get update` / `apt-get install -y PKG`: .ci/run installs these; check they are here."""
+    import shutil
+
+    assert argv[1] in ("update", "install"), argv
+    for pkg in (w for w in argv[2:] if not w.startswith("-")):
+        assert shutil.which(pkg), f"{pkg} is not installed here (the README's test command installs it)"
 
 
 def _long_running(cmd: list[str], *, ready: str, ws: Workspace, timeout: float = 60.0) -> None:
@@ -212,7 +255,7 @@ SUBCOMMANDS = {
     "export": _cli,
     "validate": _cli,
     "fetch": _cli,  # --list reads the (empty, scratch) cache only
-    "classify": _with_offline_models("--model"),
+    "classify": _classify,
     "evaluate": _with_offline_models("--model", "--compare"),
     "quantize": _cli,
     "bench": _cli,
@@ -276,6 +319,7 @@ SLOW_ONLY = {"zoo"}  # `zoo build` builds and validates nine models (~30 s idle,
 PROGRAMS = {
     "shufflenet": _shufflenet,
     "python3": _venv,
+    "apt-get": _apt,
     "pip": _pip,
     "python": _python,
 }
