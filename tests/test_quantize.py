@@ -228,3 +228,16 @@ def test_output_path_is_checked_before_any_work(tmp_path, random_model, images, 
     monkeypatch.undo()
     with pytest.raises(QuantizeError, match="input model"):
         quantize(random_model, random_model, images)
+
+
+def test_pool_before_relu_leaves_no_stale_shape_info():
+    """The swap renames tensors; every recorded shape must still hold (ONNX Runtime otherwise
+    logs 'Error merging shape info' while building the zoo)."""
+    from shufflenet.quantize import _pool_before_relu, _stem
+
+    fp32 = onnx.shape_inference.infer_shapes(export_onnx("shufflenet_v2_x0_5", opset=13))
+    swapped = _pool_before_relu(fp32)
+    conv, pool, _ = _stem(swapped)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in swapped.graph.value_info}
+    assert shapes[pool.output[0]][2:] == [56, 56]  # the pooled tensor, no longer the conv's 112
+    onnx.shape_inference.infer_shapes(swapped, strict_mode=True)  # raises on any conflict

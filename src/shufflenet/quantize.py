@@ -239,6 +239,17 @@ def _pool_before_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes.insert(nodes.index(pool) + 1, relu)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    # `pooled` now names the pooled tensor: its recorded shape (the convolution's) is stale, and
+    # ONNX Runtime warns "Error merging shape info" on it; it takes the pooling output's shape
+    infos = {v.name: v for v in out.graph.value_info}
+    kept = [v for v in out.graph.value_info if v.name != pooled]
+    if relu_out in infos:
+        fresh = onnx.ValueInfoProto()
+        fresh.CopyFrom(infos[relu_out])
+        fresh.name = pooled
+        kept.append(fresh)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
     return out
 
 
