@@ -27,6 +27,15 @@ def _print_table(rows: list[list[str]], headers: list[str], *, right: set[int] =
         print(fmt(r))
 
 
+def _untrained_notice(command: str, models, quiet: bool) -> None:
+    """One line on stderr per model whose weights are random (from its metadata)."""
+    if quiet:
+        return
+    for name in models:
+        print(f"shufflenet {command}: note: {name} has untrained (random) weights; its outputs carry "
+              "no information", file=sys.stderr)
+
+
 def _print_json(data) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -225,6 +234,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     threads = args.threads or (1 if len(files) > args.batch_size else None)
     clf = Classifier(args.model, threads=threads, labels=args.labels, resize=args.resize,
                      exact=args.exact)
+    _untrained_notice("classify", [clf.source] if clf.untrained else [], args.quiet)
     bar = _Bar("classify", args.quiet or args.json or len(files) < 20)
     results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
     bar.close()
@@ -265,8 +275,8 @@ def _add_model_args(p, *, model_required: bool = False) -> None:
                         "(the zoo notebook); default: the model's own")
     p.add_argument("--exact", action="store_true",
                    help="decode large JPEGs at full size (default: DCT draft decoding, see docs)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call (default 16)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
 
 
 def _add_classify(sub) -> None:
@@ -292,6 +302,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
                       resize=args.resize, exact=args.exact, progress=bar)
     bar.close()
+    _untrained_notice("evaluate", report.untrained, args.quiet)
     if args.json:
         _print_json(report.to_dict())
         return 0
@@ -371,7 +382,7 @@ def _add_fetch(sub) -> None:
     p.add_argument("names", nargs="*", help="artifact names, e.g. shufflenet-v2-12")
     p.add_argument("--list", action="store_true", help="list the known artifacts and what is cached")
     p.add_argument("--force", action="store_true", help="download again even when cached")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_fetch)
 
@@ -501,6 +512,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     report = quantize(args.model, args.output, args.calib, options=opts, eval_data=args.eval_data,
                       plot=args.plot, progress=progress, label_file=args.label_file)
+    _untrained_notice("quantize", [report.model] if report.untrained else [], args.quiet)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -514,7 +526,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 f"logit cosine {m['logit_cosine']:.4f}")
         if "fp32_accuracy" in m:
             line += f"  accuracy fp32 {m['fp32_accuracy']:.2f}% int8 {m['int8_accuracy']:.2f}%"
-        print(line)
+        print(line + ("  (not meaningful: untrained weights)" if report.untrained else ""))
         if report.criterion:
             c = report.criterion
             want = []
@@ -522,7 +534,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 want.append(f"{c['measure']} loss {c['loss_pct']:.2f}% <= {c['max_loss_pct']}%")
             if c["min_agreement_pct"] is not None:
                 want.append(f"agreement {c['agreement_pct']:.2f}% >= {c['min_agreement_pct']}%")
-            print(f"criterion {' and '.join(want)}: {'met' if c['met'] else 'NOT met'} ({c['images']} images)")
+            verdict = ("not meaningful: the weights are untrained" if not c.get("meaningful", True)
+                       else "met" if c["met"] else "NOT met")
+            print(f"criterion {' and '.join(want)}: {verdict} ({c['images']} images)")
         if report.latency_ms:
             lat = report.latency_ms
             print(f"latency  fp32 {lat['fp32_ms']:.2f} ms  int8 {lat['int8_ms']:.2f} ms  ({lat['speedup']:.2f}x, "
@@ -531,7 +545,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             print("worst    " + ", ".join(f"{t} {v:.1f} dB" for t, v in report.worst_nodes[:5]))
         if report.plot:
             print(f"plot     {report.plot}")
-    return 0 if not report.criterion or report.criterion["met"] else 1
+    c = report.criterion
+    return 0 if not c or c["met"] or not c.get("meaningful", True) else 1  # random weights: nothing to judge
 
 
 def _add_quantize(sub) -> None:
@@ -540,7 +555,8 @@ def _add_quantize(sub) -> None:
                                    "is tuned (calibration methods, then the least accurate tensors kept in "
                                    "fp32) until the relative top-1 loss holds: accuracy with --eval-data, "
                                    "else agreement with fp32 on held-out --calib images. Exit 1 when the "
-                                   "criterion could not be met (the best model found is still written).")
+                                   "criterion could not be met (the best model found is still written); "
+                                   "on untrained (random) weights it is reported as not meaningful.")
     p.add_argument("model", help="an fp32 .onnx")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--calib", required=True, help="folder of calibration images (any layout)")
@@ -560,9 +576,9 @@ def _add_quantize(sub) -> None:
     p.add_argument("--eval-data", help="labelled folder (evaluate's layouts) to judge accuracy")
     p.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
     p.add_argument("--plot", help="write a PNG of per-tensor SQNR")
-    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no tuning progress and no notices on stderr")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_quantize)
 
 
@@ -610,8 +626,8 @@ def _add_zoo(sub) -> None:
     b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")
     b.add_argument("--eval-data", help="labelled images: adds top-1/top-5 to the table")
     b.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
-    b.add_argument("--quiet", action="store_true")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--json", action="store_true", help="print exact data as JSON")
     b.set_defaults(handler=_cmd_zoo)
 
 
@@ -634,6 +650,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.images:
         rows = [r for t in args.threads or (1,) for r in bench_images_many(
             args.models, args.images, batches=args.batch or (8,), workers=args.workers, threads=t, limit=args.limit)]
+        _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
         if args.json:
             _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
             return 0
@@ -654,6 +671,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = bench(args.models, batches=args.batch, threads=args.threads, runs=args.runs, warmup=args.warmup,
                    backend=args.backend, precision=args.precision, ort_defaults=args.ort_defaults, progress=bar)
     bar.close()
+    _untrained_notice("bench", result["untrained"], args.quiet)
     rows = result["rows"]
     if args.plot:
         from .bench import plot
@@ -701,8 +719,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--workers", type=_positive_int, default=2, help="decode threads for --images")
     p.add_argument("--limit", type=_positive_int, help="at most N images for --images")
     p.add_argument("--plot", help="PNG of the sorted latencies per configuration")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_bench)
 
 

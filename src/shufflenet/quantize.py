@@ -33,7 +33,7 @@ import onnx
 
 from .errors import CheckFailedError, ShuffleNetError
 from .onnx_legacy import model_opset
-from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, resolve_model
+from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, is_untrained, resolve_model
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
@@ -396,6 +396,8 @@ class QuantReport:
     worst_nodes: list[tuple[str, float]] = field(default_factory=list)
     latency_ms: dict | None = None
     plot: str | None = None
+    #: the fp32 model's weights are random: its accuracy and agreement figures mean nothing
+    untrained: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -547,6 +549,8 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
                          "measure": "accuracy" if labels is not None else "top-1 agreement with fp32",
                          "loss_pct": _loss(best_m), "agreement_pct": best_m["top1_agreement"],
                          "met": met(best_m), "images": len(eval_x),
+                         # on random weights "met" proves nothing (0% accuracy loses 0%)
+                         "meaningful": not is_untrained(fp32),
                          "images_also_used_for_calibration": eval_data is None and not held_out}
         meta = {p.key: p.value for p in best_q.metadata_props}
         meta.update({p.key: p.value for p in fp32.metadata_props})
@@ -567,4 +571,4 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         plot_path = str(save_panels([bar_panel(worst[:200], title="per-tensor SQNR (dB), worst first",
                                                ylabel="tensors")], plot))
     return QuantReport(source, str(output), recipe, fp32.ByteSize(), output.stat().st_size,
-                       best_m, criterion, attempts, worst[:10], latency, plot_path)
+                       best_m, criterion, attempts, worst[:10], latency, plot_path, is_untrained(fp32))
