@@ -141,7 +141,7 @@ def _positive_int(text: str) -> int:
 
 
 WEIGHTS_HELP = ("torchvision (published weights: torchvision's, or the zoo file for the Caffe2 V1) | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
-                "the same architecture); default random:0")
+                "the same architecture)")
 
 
 def _add_export(sub) -> None:
@@ -153,7 +153,8 @@ def _add_export(sub) -> None:
                                    "(no torch). With --test-data K, -o is a folder that receives "
                                    "<name>/model.onnx and <name>/test_data_set_0..K-1.")
     p.add_argument("variant", help="registry name (see `shufflenet list`)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file, or the folder for a bundle")
+    p.add_argument("-o", "--out", "--output", dest="output", required=True,
+                   help="the .onnx file, or the folder for a bundle")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"{MIN_OPSET}..{newest_opset()} (default {DEFAULT_OPSET})")
     p.add_argument("--weights", default="random", help=WEIGHTS_HELP)
@@ -213,7 +214,7 @@ def _add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a model against its test data as the zoo does",
                        description="PATH: a .onnx with test_data_set_* beside it, a bundle folder, "
                                    "or a .tar.gz. Exit 0 all pass, 1 a mismatch, 2 unusable input.")
-    p.add_argument("path")
+    p.add_argument("path", help="a .onnx with test_data_set_* beside it, a bundle folder or a .tar.gz")
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_validate)
@@ -260,6 +261,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 print(f"shufflenet classify: skipped {r.error}", file=sys.stderr)
         for item, why in problems:
             print(f"shufflenet classify: skipped {item}: {why}", file=sys.stderr)
+    if not any(r.predictions for r in results):
+        return 2  # nothing usable: every file was skipped
     return 1 if failed else 0
 
 
@@ -558,14 +561,17 @@ def _add_quantize(sub) -> None:
                                    "criterion could not be met (the best model found is still written); "
                                    "on untrained (random) weights it is reported as not meaningful.")
     p.add_argument("model", help="an fp32 .onnx")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--out", "--output", dest="output", required=True, help="the int8 .onnx to write")
     p.add_argument("--calib", required=True, help="folder of calibration images (any layout)")
-    p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq",
+                   help="qdq: QuantizeLinear/DequantizeLinear around float ops (like shufflenet-v2-12-qdq); "
+                        "qoperator: QLinearConv and friends (like shufflenet-v2-12-int8)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                    help="per-output-channel weight scales (default)")
-    g.add_argument("--per-tensor", dest="per_channel", action="store_false")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="activation range calibration tried first (tuning tries the others)")
     p.add_argument("--int8-stem", dest="fp32_stem", action="store_false",
                    help="quantize the stem too (default: first conv, ReLU and max pooling stay fp32, "
                         "which ONNX Runtime runs 1.17x faster overall here)")
@@ -709,9 +715,10 @@ def _add_bench(sub) -> None:
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list, help="comma list, e.g. 1,8 (default 1; 8 with --images)")
     p.add_argument("--threads", type=_int_list, help="comma list, e.g. 1,2 (default 1)")
-    p.add_argument("--runs", type=_positive_int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model and configuration")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs per model first")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="inference engine (openvino needs the extra)")
     p.add_argument("--precision", choices=["f32", "bf16"],
                    help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
     p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
@@ -739,7 +746,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help shows its default (taken from the parser, so it cannot go stale)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+            continue
+        default = action.default
+        if (action.help and action.help != argparse.SUPPRESS and default not in (None, False, True, argparse.SUPPRESS)
+                and not action.option_strings == [] and "default" not in action.help.lower()):
+            action.help += f" (default {default})".replace("%", "%%")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
