@@ -24,7 +24,10 @@ def _one_thread_session(self, path_or_bytes, sess_options=None, *args, **kwargs)
     if opts.intra_op_num_threads == 0:  # 0: ORT's default, one thread per core, spinning
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        except Exception:  # the code under test set it already: its choice stands
+            pass
     _ort_session_init(self, path_or_bytes, opts, *args, **kwargs)
 
 

@@ -241,3 +241,16 @@ def test_quantize_says_when_int8_will_not_be_faster():
     assert slow.startswith("int8 is slower than fp32 here (3.00 vs 2.40 ms)") and "grouped" in slow
     assert speed_note(v2, None) is None and speed_note(v2, {"speedup": 1.6, "int8_ms": 1, "fp32_ms": 1.6}) is None
     assert "do not pay" in speed_note(v2, {"speedup": 0.9, "int8_ms": 1.1, "fp32_ms": 1.0})
+
+
+def test_pool_before_relu_leaves_no_stale_shape_info():
+    """The swap renames tensors; every recorded shape must still hold (ONNX Runtime otherwise
+    logs 'Error merging shape info' while building the zoo)."""
+    from shufflenet.quantize import _pool_before_relu, _stem
+
+    fp32 = onnx.shape_inference.infer_shapes(export_onnx("shufflenet_v2_x0_5", opset=13))
+    swapped = _pool_before_relu(fp32)
+    conv, pool, _ = _stem(swapped)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in swapped.graph.value_info}
+    assert shapes[pool.output[0]][2:] == [56, 56]  # the pooled tensor, no longer the conv's 112
+    onnx.shape_inference.infer_shapes(swapped, strict_mode=True)  # raises on any conflict

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from .errors import ShuffleNetError, install_hint
-from .runtime import resolve_model
+from .runtime import is_untrained, resolve_model
 
 __all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "ort_session", "MODES", "BLOCK"]
 
@@ -146,6 +146,7 @@ def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[
     step = 1 if mode == "interleaved" else min(block, runs)
     protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
               for m in models]
+    untrained = [str(name) for name, proto in protos if is_untrained(proto)]
     rows: list[BenchRow] = []
     rng = np.random.default_rng(0)
     for t in threads:
@@ -184,7 +185,7 @@ def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[
            "mode": mode if mode == "interleaved" else f"blocked ({step} consecutive runs per model and round)",
            "load_time_rewrites": optimize,
            "date": time.strftime("%Y-%m-%d")}
-    return {"rows": rows, "env": env}
+    return {"rows": rows, "env": env, "untrained": untrained}
 
 
 def plot(rows: list[BenchRow], path: str | os.PathLike) -> Path:
@@ -253,6 +254,7 @@ def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple
             out.append({"model": str(name), "images": len(files), "seconds": wall,
                         "images_per_s": len(files) / wall, "batch": batch, "workers": workers,
                         "threads": threads, "repeat": repeat, "stage_seconds": stage,
+                        "untrained": clfs[k][1].untrained,
                         "predictions": [r.predictions[0].index if r.predictions else None for r in results],
                         "files": [str(f) for f in files]})
     return out

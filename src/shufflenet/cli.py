@@ -27,6 +27,15 @@ def _print_table(rows: list[list[str]], headers: list[str], *, right: set[int] =
         print(fmt(r))
 
 
+def _untrained_notice(command: str, models, quiet: bool) -> None:
+    """One line on stderr per model whose weights are random (from its metadata)."""
+    if quiet:
+        return
+    for name in models:
+        print(f"shufflenet {command}: note: {name} has untrained (random) weights; its outputs carry "
+              "no information", file=sys.stderr)
+
+
 def _print_json(data) -> None:
     """Strict JSON: NaN and infinities are written as null (docs/limits.md)."""
     from ._safeio import finite_json
@@ -156,7 +165,7 @@ def _positive_int(text: str) -> int:
 
 
 WEIGHTS_HELP = ("torchvision (published weights: torchvision's, or the zoo file for the Caffe2 V1) | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
-                "the same architecture); default random:0")
+                "the same architecture)")
 
 
 def _add_export(sub) -> None:
@@ -168,7 +177,8 @@ def _add_export(sub) -> None:
                                    "(no torch). With --test-data K, -o is a folder that receives "
                                    "<name>/model.onnx and <name>/test_data_set_0..K-1.")
     p.add_argument("variant", help="registry name (see `shufflenet list`)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file, or the folder for a bundle")
+    p.add_argument("-o", "--out", "--output", dest="output", required=True,
+                   help="the .onnx file, or the folder for a bundle")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"{MIN_OPSET}..{newest_opset()} (default {DEFAULT_OPSET})")
     p.add_argument("--weights", default="random", help=WEIGHTS_HELP)
@@ -232,7 +242,7 @@ def _add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a model against its test data as the zoo does",
                        description="PATH: a .onnx with test_data_set_* beside it, a bundle folder, "
                                    "or a .tar.gz. Exit 0 all pass, 1 a mismatch, 2 unusable input.")
-    p.add_argument("path")
+    p.add_argument("path", help="a .onnx with test_data_set_* beside it, a bundle folder or a .tar.gz")
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_validate)
@@ -265,6 +275,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     threads = args.threads or (1 if len(files) > args.batch_size else None)
     clf = Classifier(args.model, threads=threads, labels=args.labels, resize=args.resize,
                      exact=args.exact, optimize=not args.no_optimize)
+    _untrained_notice("classify", [clf.source] if clf.untrained else [], args.quiet)
     bar = _Bar("classify", args.quiet or args.json or len(files) < 20)
     results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
     bar.close()
@@ -291,6 +302,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 print(f"shufflenet classify: skipped {_shown(r.error)}", file=sys.stderr)
         for item, why in problems:
             print(f"shufflenet classify: skipped {_shown(item)}: {_shown(why)}", file=sys.stderr)
+    if not any(r.predictions for r in results):
+        return 2  # nothing usable: every file was skipped
     return 1 if failed else 0
 
 
@@ -347,11 +360,11 @@ def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True)
         p.add_argument("--photo-decoding", action="store_true",
                        help="apply EXIF orientation and draft-decode large JPEGs (faster, not torchvision's; "
                             "default: torchvision's exact decoding)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call (default 16)")
     p.add_argument("--no-optimize", action="store_true",
                    help="run the model's graph as given (default: the runtime's exact load-time rewrites, "
                         "e.g. channel padding; the same outputs, faster)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
 
 
 def _add_classify(sub) -> None:
@@ -390,6 +403,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           resize=args.resize, exact=not args.photo_decoding, optimize=not args.no_optimize,
                           progress=bar)
     bar.close()
+    _untrained_notice("evaluate", report.untrained, args.quiet)
     status = 1 if report.skipped else 0  # as classify: a skipped image is a failed check
     if args.json:
         _print_json(report.to_dict())
@@ -485,7 +499,7 @@ def _add_fetch(sub) -> None:
     p.add_argument("--base", metavar="URL_OR_DIR",
                    help="with --manifest: where model paths are relative to (default: the manifest's location)")
     p.add_argument("--force", action="store_true", help="download again even when cached")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_fetch)
 
@@ -624,6 +638,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     report = quantize(args.model, args.output, args.calib, options=opts, eval_data=args.eval_data,
                       plot=args.plot, progress=progress, label_file=args.label_file)
+    _untrained_notice("quantize", [report.model] if report.untrained else [], args.quiet)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -637,7 +652,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 f"logit cosine {m['logit_cosine']:.4f}")
         if "fp32_accuracy" in m:
             line += f"  accuracy fp32 {m['fp32_accuracy']:.2f}% int8 {m['int8_accuracy']:.2f}%"
-        print(line)
+        print(line + ("  (not meaningful: untrained weights)" if report.untrained else ""))
         if report.criterion:
             c = report.criterion
             want = []
@@ -645,7 +660,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                 want.append(f"{c['measure']} loss {c['loss_pct']:.2f}% <= {c['max_loss_pct']}%")
             if c["min_agreement_pct"] is not None:
                 want.append(f"agreement {c['agreement_pct']:.2f}% >= {c['min_agreement_pct']}%")
-            print(f"criterion {' and '.join(want)}: {'met' if c['met'] else 'NOT met'} ({c['images']} images)")
+            verdict = ("not meaningful: the weights are untrained" if not c.get("meaningful", True)
+                       else "met" if c["met"] else "NOT met")
+            print(f"criterion {' and '.join(want)}: {verdict} ({c['images']} images)")
         if report.latency_ms:
             lat = report.latency_ms
             print(f"latency  fp32 {lat['fp32_ms']:.2f} ms  int8 {lat['int8_ms']:.2f} ms  ({lat['speedup']:.2f}x, "
@@ -656,7 +673,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             print("worst    " + ", ".join(f"{t} {v:.1f} dB" for t, v in report.worst_nodes[:5]))
         if report.plot:
             print(f"plot     {report.plot}")
-    return 0 if not report.criterion or report.criterion["met"] else 1
+    c = report.criterion
+    return 0 if not c or c["met"] or not c.get("meaningful", True) else 1  # random weights: nothing to judge
 
 
 def _add_quantize(sub) -> None:
@@ -665,16 +683,20 @@ def _add_quantize(sub) -> None:
                                    "is tuned (calibration methods, then the least accurate tensors kept in "
                                    "fp32) until the relative top-1 loss holds: accuracy with --eval-data, "
                                    "else agreement with fp32 on held-out --calib images. Exit 1 when the "
-                                   "criterion could not be met (the best model found is still written).")
+                                   "criterion could not be met (the best model found is still written); "
+                                   "on untrained (random) weights it is reported as not meaningful.")
     p.add_argument("model", help="an fp32 .onnx")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--out", "--output", dest="output", required=True, help="the int8 .onnx to write")
     p.add_argument("--calib", required=True, help="folder of calibration images (any layout)")
-    p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq",
+                   help="qdq: QuantizeLinear/DequantizeLinear around float ops (like shufflenet-v2-12-qdq); "
+                        "qoperator: QLinearConv and friends (like shufflenet-v2-12-int8)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                    help="per-output-channel weight scales (default)")
-    g.add_argument("--per-tensor", dest="per_channel", action="store_false")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="activation range calibration tried first (tuning tries the others)")
     p.add_argument("--int8-stem", dest="fp32_stem", action="store_false",
                    help="quantize the stem too (default: first conv, ReLU and max pooling stay fp32, "
                         "which ONNX Runtime runs 1.17x faster overall here)")
@@ -685,9 +707,9 @@ def _add_quantize(sub) -> None:
     p.add_argument("--eval-data", help="labelled folder (evaluate's layouts) to judge accuracy")
     p.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
     p.add_argument("--plot", help="write a PNG of per-tensor SQNR")
-    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no tuning progress and no notices on stderr")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_quantize)
 
 
@@ -737,8 +759,8 @@ def _add_zoo(sub) -> None:
     b.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
     b.add_argument("--batch", type=_positive_int,
                    help="fixed batch size: 1 writes the zoo's static shapes (default: dynamic batch N)")
-    b.add_argument("--quiet", action="store_true")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--json", action="store_true", help="print exact data as JSON")
     b.set_defaults(handler=_cmd_zoo)
 
 
@@ -762,6 +784,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rows = [r for t in args.threads or (1,) for r in bench_images_many(
             args.models, args.images, batches=args.batch or (8,), workers=args.workers, threads=t, limit=args.limit,
             optimize=not args.no_optimize)]
+        _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
         if args.json:
             _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
             return 0
@@ -784,6 +807,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                    mode="interleaved" if args.interleaved else "blocked", block=args.block,
                    optimize=not args.no_optimize, progress=bar)
     bar.close()
+    _untrained_notice("bench", result["untrained"], args.quiet)
     rows = result["rows"]
     if args.plot:
         from .bench import plot
@@ -823,9 +847,10 @@ def _add_bench(sub) -> None:
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list, help="comma list, e.g. 1,8 (default 1; 8 with --images)")
     p.add_argument("--threads", type=_int_list, help="comma list, e.g. 1,2 (default 1)")
-    p.add_argument("--runs", type=_positive_int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model and configuration")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs per model first")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="inference engine (openvino needs the extra)")
     p.add_argument("--precision", choices=["f32", "bf16"],
                    help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
     p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
@@ -840,8 +865,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--workers", type=_positive_int, default=2, help="decode threads for --images")
     p.add_argument("--limit", type=_positive_int, help="at most N images for --images")
     p.add_argument("--plot", help="PNG of the sorted latencies per configuration")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_bench)
 
 
@@ -909,7 +934,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help shows its default (taken from the parser, so it cannot go stale)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+            continue
+        default = action.default
+        if (action.help and action.help != argparse.SUPPRESS and default not in (None, False, True, argparse.SUPPRESS)
+                and not action.option_strings == [] and "default" not in action.help.lower()):
+            action.help += f" (default {default})".replace("%", "%%")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,6 +112,7 @@ class EvalReport:
     images_per_second: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     compare: dict | None = None
+    untrained: list[str] = field(default_factory=list)  # the models whose weights are random
 
     @property
     def top1_error(self) -> float:
@@ -170,10 +171,14 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
         raise DatasetError(f"{data}: none of the {len(samples)} images could be read")
     report = EvalReport(clf.source, str(data), layout, describe(clf.recipe, resize=clf.resize, exact=clf.exact),
                         n, 100.0 * hit1 / n, 100.0 * hit5 / n, seconds, n / seconds, skipped)
+    if clf.untrained:
+        report.untrained.append(clf.source)
     if compare is not None:
         report.compare = _compare(clf, np.stack(ok_rows), compare, [samples[i].path for i in ok_idx],
                                   threads=threads, resize=resize, exact=exact, batch_size=batch_size,
                                   optimize=optimize)
+        if report.compare.pop("untrained"):
+            report.untrained.append(report.compare["model"])
     return report
 
 
@@ -187,5 +192,5 @@ def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
             raise DatasetError(f"{r.path}: readable for one model, not the other ({r.error})")
         rows.append(r.outputs)
     raw_b = np.stack(rows)
-    return {"model": other_clf.source, "images": len(raw_a),
+    return {"model": other_clf.source, "images": len(raw_a), "untrained": other_clf.untrained,
             **agreement(raw_a, raw_b, clf.output_kind, other_clf.output_kind)}

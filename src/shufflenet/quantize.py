@@ -33,7 +33,7 @@ import onnx
 from ._safeio import dumps as strict_dumps
 from .errors import CheckFailedError, ShuffleNetError
 from .onnx_legacy import model_opset
-from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, resolve_model
+from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, is_untrained, resolve_model
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
@@ -263,6 +263,17 @@ def _pool_before_relu(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes.insert(nodes.index(pool) + 1, relu)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    # `pooled` now names the pooled tensor: its recorded shape (the convolution's) is stale, and
+    # ONNX Runtime warns "Error merging shape info" on it; it takes the pooling output's shape
+    infos = {v.name: v for v in out.graph.value_info}
+    kept = [v for v in out.graph.value_info if v.name != pooled]
+    if relu_out in infos:
+        fresh = onnx.ValueInfoProto()
+        fresh.CopyFrom(infos[relu_out])
+        fresh.name = pooled
+        kept.append(fresh)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
     return out
 
 
@@ -411,6 +422,8 @@ class QuantReport:
     plot: str | None = None
     #: why int8 is not (or will not be) faster than fp32 for this model, when it is not
     speed_note: str | None = None
+    #: the fp32 model's weights are random: its accuracy and agreement figures mean nothing
+    untrained: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -593,6 +606,8 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
                          "measure": "accuracy" if labels is not None else "top-1 agreement with fp32",
                          "loss_pct": _loss(best_m), "agreement_pct": best_m["top1_agreement"],
                          "met": met(best_m), "images": len(eval_x),
+                         # on random weights "met" proves nothing (0% accuracy loses 0%)
+                         "meaningful": not is_untrained(fp32),
                          "images_also_used_for_calibration": eval_data is None and not held_out}
         meta = {p.key: p.value for p in best_q.metadata_props}
         meta.update({p.key: p.value for p in fp32.metadata_props})
@@ -615,4 +630,4 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
         plot_path = str(save_panels([bar_panel(worst[:200], title="per-tensor SQNR (dB), worst first",
                                                ylabel="tensors")], plot))
     return QuantReport(source, str(output), recipe, fp32.ByteSize(), output.stat().st_size,
-                       best_m, criterion, attempts, worst[:10], latency, plot_path, note)
+                       best_m, criterion, attempts, worst[:10], latency, plot_path, note, is_untrained(fp32))

@@ -19,7 +19,7 @@ import onnx
 from .errors import ShuffleNetError
 from .onnx_legacy import LegacyUpgradeError, model_opset, upgrade_to_opset7
 
-__all__ = ["RuntimeError_", "Runner", "Classifier", "Prediction", "resolve_model", "agreement"]
+__all__ = ["RuntimeError_", "Runner", "Classifier", "Prediction", "resolve_model", "is_untrained", "agreement"]
 
 
 class RuntimeError_(ShuffleNetError, RuntimeError):
@@ -146,6 +146,12 @@ def _model_info(model: onnx.ModelProto):
     return recipe, kind, labels
 
 
+def is_untrained(model: onnx.ModelProto) -> bool:
+    """True when the model's metadata marks its weights as random (``weights_trained`` false):
+    its outputs carry no information, whatever they are compared with."""
+    return any(p.key == "weights_trained" and p.value == "false" for p in model.metadata_props)
+
+
 #: suffixes that make a --model argument a path even when the file does not exist
 MODEL_FILE_SUFFIXES = (".onnx", ".tar.gz", ".tgz", ".tar")
 
@@ -251,6 +257,7 @@ class Classifier:
         if self.labels is not None and self.num_classes and len(self.labels) != self.num_classes:
             raise RuntimeError_(f"{len(self.labels)} labels for a model with {self.num_classes} classes")
         self.metadata = {p.key: p.value for p in proto.metadata_props}
+        self.untrained = is_untrained(proto)  # random weights: predictions carry no information
 
     def decode(self, image):
         """A path, bytes or PIL image -> RGB PIL image: torchvision's decoding with ``exact``,
