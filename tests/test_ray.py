@@ -263,3 +263,18 @@ def test_engine_options_are_checked(model, data, tmp_path, capsys):
     assert ".parquet or .jsonl" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(data), "--engine", "ray", "--compare", str(model)]) == 2
     assert main(["evaluate", "--data", str(data), "--workers", "2"]) == 2
+    capsys.readouterr()
+
+
+def test_without_the_extra_or_a_cluster_one_line(model, data, tmp_path, monkeypatch, capsys):
+    import ray
+
+    from shufflenet.ray_engine import RayEngineError, predict_dataset
+
+    if not ray.is_initialized():
+        with pytest.raises(RayEngineError, match="not initialised"):
+            predict_dataset([str(data)], str(model))
+    monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the extra
+    assert main(["classify", str(data), "--model", str(model), "--engine", "ray", "-o", str(tmp_path / "o.jsonl")]) == 2
+    assert "pip install 'shufflenet[ray]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -184,7 +184,7 @@ class _Predictor:
 
         from .runtime import Classifier
 
-        data = ray.get(model_ref[0])
+        data = ray.get(model_ref[0])  # the model's bytes, from the object store (once per node)
         self.clf = Classifier(onnx.load_from_string(data), threads=threads, labels=labels,
                               resize=resize, exact=exact)
         self.top, self.stage_times = top, stage_times
@@ -261,9 +261,8 @@ class _Predictor:
         if "label" in extra:
             columns["label"] = batch.column("label").to_pylist()
         if self.stage_times:
-            for key, seconds in (("read_s", t_read), ("decode_s", t_decode), ("preprocess_s", t_prep),
-                                 ("inference_s", t_infer)):
-                columns[key] = [seconds / n] * n
+            for key, seconds in zip(STAGES, (t_read, t_decode, t_prep, t_infer)):
+                columns[f"{key}_s"] = [seconds / n] * n
         return pa.table(columns, schema=_schema(extra))
 
 
@@ -313,11 +312,6 @@ def predict_dataset(source, model, *, top: int = 5, batch_size: int = 16, worker
     ray = _require_ray()
     if not ray.is_initialized():
         raise RayEngineError("Ray is not initialised: call ray.init(...) or use shufflenet.ray_engine.connect()")
-    for name, value in (("top", top), ("batch_size", batch_size), ("threads", threads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     proto, _, clf = _prepare(model, labels=labels, resize=resize, exact=exact)
     return _dataset(ray, source, proto, clf, top=top, batch_size=batch_size, workers=workers,
                     threads=threads, stage_times=stage_times)
@@ -329,6 +323,10 @@ def _blocks(n: int, batch_size: int, actors: int) -> int:
 
 
 def _dataset(ray, source, proto, clf, *, top, batch_size, workers, threads, stage_times):
+    for name, value in (("top", top), ("batch_size", batch_size), ("threads", threads), ("workers", workers)):
+        if (value is not None or name != "workers") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise RayEngineError(f"{name} must be a positive integer, got {value!r}")
     compute, actors = _pool(ray, workers, threads, share=isinstance(source, ray.data.Dataset))
     if isinstance(source, ray.data.Dataset):
         ds = source
@@ -340,6 +338,7 @@ def _dataset(ray, source, proto, clf, *, top, batch_size, workers, threads, stag
     model_ref = ray.put(proto.SerializeToString())  # shipped once; each node fetches it once
     return ds.map_batches(
         _Predictor,
+        # the ref travels in a list: the actor fetches the bytes itself when it starts
         fn_constructor_kwargs={"model_ref": [model_ref], "threads": threads, "labels": clf.labels,
                                "resize": clf.resize, "exact": clf.exact, "top": top,
                                "stage_times": stage_times},
@@ -465,10 +464,12 @@ def classify(sources: Sequence[str], model, output, *, address: str | None = Non
 
     Inputs that expand to nothing (a missing file, an empty folder) and files that cannot be read
     or decoded are counted in ``failed``; the job goes on. ``address``: join that cluster (else
-    ``$RAY_ADDRESS``); neither starts a local Ray (``num_cpus``) for the call and stops it after. ``stage_times`` adds the
-    seconds per stage, summed over actors, to the report (and the per-row columns to the output).
+    ``$RAY_ADDRESS``); neither starts a local Ray (``num_cpus``) for the call and stops it after.
+    ``stage_times`` adds the seconds per stage, summed over actors, to the report (and the
+    per-row columns to the output).
     """
     fmt = output_format(output)
+    _require_ray()
     paths, problems = list_sources(sources)
     if not paths:
         raise RayEngineError("nothing to classify: " + "; ".join(f"{i}: {w}" for i, w in problems))
