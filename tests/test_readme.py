@@ -209,8 +209,20 @@ def _classify(argv: list[str], ws: Workspace) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"the README's Ray line must run in CI: {probe.stderr if probe else 'no unshare'}")
         pytest.skip("cannot make a private network namespace for Ray here")
-    done = subprocess.run([*_PRIVATE, sys.executable, "-m", "shufflenet", *argv], cwd=ws.root, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    import secrets
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="rdme", dir="/tmp"))  # short: Ray's socket paths
+    (tmp / "home").mkdir()
+    # as tests/ray_sandbox.py: a token of this run only, HOME and Ray's temp dir in here, so
+    # nothing is read from or written to ~/.ray or /tmp/ray
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "HOME": str(tmp / "home"), "RAY_TMPDIR": str(tmp)}
+    try:
+        done = subprocess.run([*_PRIVATE, sys.executable, "-m", "shufflenet", *argv], cwd=ws.root, env=env,
+                              capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert done.returncode == 0, f"shufflenet {shlex.join(argv)} exited {done.returncode}\n{done.stderr[-3000:]}"
 
 
