@@ -15,9 +15,7 @@ def _subparsers(parser, prefix=()):
                 yield from _subparsers(child, (*prefix, name))
 
 
-#: demo-data's and train's options are being reworked with the demo (issue 11 item 3); they join
-#: this check when that lands
-NOT_YET = {("train",), ("demo-data",)}
+NOT_YET: set = set()
 
 
 def test_every_option_has_help_and_shows_its_default():
@@ -31,7 +29,9 @@ def test_every_option_has_help_and_shows_its_default():
             name = "/".join(action.option_strings) or action.dest
             if not action.help:
                 problems.append(f"{' '.join(path)} {name}: no help")
-            elif action.default not in (None, False, True) and str(action.default) not in action.help:
+            elif action.default not in (None, False, True) and not any(
+                    shown in action.help for shown in {str(action.default), f"{action.default:g}"
+                                                       if isinstance(action.default, float) else ""} - {""}):
                 problems.append(f"{' '.join(path)} {name}: default {action.default!r} not shown")
     assert not problems, "\n".join(problems)
 
@@ -59,3 +59,29 @@ def test_classify_with_nothing_usable_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jpg" in err and "bad2.png" in err and "Traceback" not in err
     assert main(["classify", str(tmp_path / "none.jpg"), "--model", "shufflenet_v2_x0_5:random"]) == 2
+
+
+def test_train_help_shows_trainconfig_defaults():
+    """train's parser defaults are None (a resume keeps the run's settings); its help states
+    TrainConfig's defaults, which must be the current ones."""
+    import dataclasses
+
+    pytest.importorskip("torch")
+    from shufflenet.train import TrainConfig
+
+    train = dict(_subparsers(build_parser()))[("train",)]
+    helps = {a.dest: a.help for a in train._actions}
+    stale = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("data", "out") or f.default is None or f.name not in helps:
+            continue
+        if f"default {f.default}" not in helps[f.name] and f"default: {f.default}" not in helps[f.name]:
+            stale.append(f"--{f.name.replace('_', '-')}: TrainConfig default {f.default!r}, help {helps[f.name]!r}")
+    assert not stale, "\n".join(stale)
+
+
+def test_demo_data_takes_dir_or_out(tmp_path, capsys):
+    assert main(["demo-data", "-o", str(tmp_path / "a"), "--per-class", "2", "--classes", "2", "--size", "32", "-q"]) == 0
+    assert (tmp_path / "a" / "train").is_dir() and capsys.readouterr().out == ""
+    assert main(["demo-data", str(tmp_path / "b"), "-o", str(tmp_path / "c")]) == 2
+    assert "two folders" in capsys.readouterr().err

@@ -510,12 +510,17 @@ def _add_fetch(sub) -> None:
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from .demo_data import make_demo_data
 
-    info = make_demo_data(args.dir, classes=args.classes, per_class=args.per_class, size=args.size,
+    if args.dir and args.out and args.dir != args.out:
+        raise _usage(f"two folders given ({args.dir} and -o {args.out}); give one")
+    target = args.out or args.dir
+    if not target:
+        raise _usage("give the folder to write: shufflenet demo-data DIR")
+    info = make_demo_data(target, classes=args.classes, per_class=args.per_class, size=args.size,
                           seed=args.seed, difficulty=args.difficulty)
     if args.json:
         _print_json(info)
-    else:
-        print(f"{args.dir}: {info['train']} train + {info['val']} val images, {len(info['classes'])} classes "
+    elif not args.quiet:
+        print(f"{target}: {info['train']} train + {info['val']} val images, {len(info['classes'])} classes "
               f"({', '.join(info['classes'])}), {info['size']}px, {info['difficulty']}")
     return 0
 
@@ -527,16 +532,18 @@ def _add_demo_data(sub) -> None:
                        description="Writes DIR/train/<class>/ and DIR/val/<class>/ JPEGs of "
                                    f"procedurally drawn objects ({', '.join(CLASSES)}), "
                                    "deterministically from --seed.")
-    p.add_argument("dir")
-    p.add_argument("--classes", type=_positive_int, default=10, help=f"2..{len(CLASSES)} (default 10)")
-    p.add_argument("--per-class", type=_positive_int, default=500, help="images per class, 20%% held out (default 500)")
-    p.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("dir", nargs="?", help="the folder to write (new or empty); or -o DIR")
+    p.add_argument("-o", "--out", help="the folder to write, as DIR")
+    p.add_argument("--classes", type=_positive_int, default=10, help=f"2..{len(CLASSES)}")
+    p.add_argument("--per-class", type=_positive_int, default=500, help="images per class, 20%% held out")
+    p.add_argument("--size", type=_positive_int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of it")
     p.add_argument("--difficulty", choices=DIFFICULTIES, default="normal",
-                   help="easy: a grey object on a dark background (quick checks); normal (default): light "
-                        "on dark or dark on light, random hues, learnable in minutes; hard: random colours, "
-                        "clutter, textures, blur, JPEG noise")
-    p.add_argument("--json", action="store_true")
+                   help="easy: a grey object on a dark background (quick checks); normal: light on dark or "
+                        "dark on light, random hues, learnable in minutes; hard: random colours, clutter, "
+                        "textures, blur, JPEG noise")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_demo_data)
 
 
@@ -586,36 +593,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
+    # parser defaults stay None so a resume keeps the run's own settings; the defaults shown are
+    # TrainConfig's (tests/test_cli_conventions.py checks that every one is shown and current)
     p = sub.add_parser("train", help="train or fine-tune on an ImageFolder (needs the torch extra)",
                        description="DATA: DATA/train/<class>/ + DATA/val/<class>/, or DATA/<class>/ (split "
                                    "by --val-fraction, seeded). RUN receives config, checkpoint, best/last "
-                                   "weights, class names, metrics CSV/JSON and curves.png. Ctrl-C leaves a "
-                                   "resumable checkpoint. Under torchrun it trains with DDP (gloo).")
-    p.add_argument("--data")
-    p.add_argument("--variant", default=None, help="registry variant (default shufflenet_v2_x0_5)")
-    p.add_argument("-o", "--output", help="the run folder (must be new or empty)")
+                                   "weights, class names, metrics CSV/JSON and curves.png. One line per epoch "
+                                   "as it ends. Ctrl-C leaves a resumable checkpoint. Under torchrun it trains "
+                                   "with DDP (gloo).")
+    p.add_argument("--data", help="the image folder (required unless --resume)")
+    p.add_argument("--variant", help="registry variant (default shufflenet_v2_x0_5)")
+    p.add_argument("-o", "--out", "--output", dest="output", help="the run folder (must be new or empty)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
-    p.add_argument("--pretrained", help="torchvision | PATH: start from these weights, new head for the classes")
+    p.add_argument("--pretrained", help="torchvision | PATH: start from these weights, new head for the classes "
+                                        "(default: from scratch)")
     p.add_argument("--epochs", type=_positive_int, help="(default 20)")
     p.add_argument("--batch-size", type=_positive_int, help="(default 64)")
     p.add_argument("--img-size", type=_positive_int,
-                   help="train crop size (default 224, or the images' shorter side when smaller)")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float, help="peak learning rate (default: SGD 0.1 scratch / 0.01 fine-tune; AdamW 3e-3 / 3e-4)")
-    p.add_argument("--weight-decay", type=float, help="not applied to BN and biases")
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--ema", type=float, help="EMA decay of weights and BN statistics; evaluation and best weights use it (default 0.99; 0 disables)")
-    p.add_argument("--freeze-backbone-epochs", type=int)
-    p.add_argument("--amp", choices=["off", "bf16", "auto"])
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--threads", type=_positive_int, help="torch intra-op threads")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--min-scale", type=float, help="RandomResizedCrop lower scale bound")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+                   help="train crop size, 32..1024 (default 224, or the images' shorter side when smaller)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="(default sgd: momentum 0.9, nesterov)")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate (default: SGD 0.1 scratch / 0.01 fine-tune; AdamW 3e-3 / 3e-4)")
+    p.add_argument("--weight-decay", type=float,
+                   help="not applied to BN and biases (default: SGD 4e-5, AdamW 0.05)")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up, then cosine to zero (default 2.0)")
+    p.add_argument("--label-smoothing", type=float, help="(default 0.1)")
+    p.add_argument("--grad-clip", type=float, help="max global gradient norm (default 5.0)")
+    p.add_argument("--ema", type=float, help="EMA decay of weights and BN statistics; evaluation and best "
+                                             "weights use it (default 0.99; 0 disables)")
+    p.add_argument("--freeze-backbone-epochs", type=int, help="train only the new head first (default 0)")
+    p.add_argument("--amp", choices=["off", "bf16", "auto"], help="bf16 autocast on CPU (default off)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    p.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--seed", type=int, help="(default 0)")
+    p.add_argument("--val-fraction", type=float, help="held out when DATA has no val/ (default 0.2)")
+    p.add_argument("--min-scale", type=float, help="RandomResizedCrop lower scale bound (default 0.25)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (epoch lines still print)")
+    p.add_argument("--json", action="store_true", help="print exact data as JSON (no epoch lines)")
     p.set_defaults(handler=_cmd_train)
 
 
