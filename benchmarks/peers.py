@@ -260,6 +260,7 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="also measure end to end over this folder")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # tables appear as they are measured
 
     import onnxruntime as ort
     import torch
@@ -281,6 +282,19 @@ def main() -> None:
     res = measure(candidates(args.threads, 1, x1), None, rounds=args.rounds, block=args.block, warmup=args.warmup,
                   interleaved=args.interleaved)
     latency = table(res, zoo, macs, 1, peaks[args.threads]["fp32"], peaks[args.threads]["int8"])
+    print(f"{_cpu()}; {mode}; {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}; "
+          f"ORT {ort.__version__}, torch {torch.__version__}, {_versions()}")
+    print("peaks (ORT MLAS, 1024^3): " + "; ".join(
+        f"{t} thread(s) fp32 {p['fp32']:.0f} GFLOP/s, u8s8 {p['int8']:.0f} GOP/s" for t, p in peaks.items()))
+    print(f"floor: numpy sgemm {gflops:.0f} GFLOP/s on one thread -> 2 x {macs / 1e6:.0f}M MACs = {floor_ms:.2f} ms")
+    print(f"\nbatch 1, {args.threads} thread(s)")
+    print(f"{'':66s} {'p50 ms':>8s} {'p90 ms':>8s} {'vs zoo':>7s} {'peak frac':>9s}")
+    for r in latency:
+        print(f"{r['name']:66s} {r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['vs_zoo_recipe']:7.2f} {r['peak_fraction']:9.2f}")
+    ours = {r["name"]: r["p50_ms"] for r in latency}
+    fp, q = ours["ours fp32 (default path: export + runtime)"], ours["ours int8 (default path: quantize of it)"]
+    print(f"ours int8 over ours fp32: {fp / q:.2f}x (target 2.0x); ours int8 vs zoo recipe: {q / ours[zoo]:.2f}x "
+          f"(target <= 0.40x)")
     throughput = []
     for b in [int(v) for v in args.tp_batches.split(",") if v]:
         xb = rng.standard_normal((b, 3, 224, 224)).astype(np.float32)
@@ -295,19 +309,6 @@ def main() -> None:
            "versions": _versions(), "sgemm_gflops_1thread_numpy": gflops, "floor_ms": floor_ms,
            "peaks_gops": peaks, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "load": os.getloadavg(), "nodes": nodes}
-    print(f"{env['cpu']}; {mode}; {args.rounds} rounds; load average {env['load'][0]:.1f}; "
-          f"ORT {ort.__version__}, torch {torch.__version__}, {env['versions']}")
-    print("peaks (ORT MLAS, 1024^3): " + "; ".join(
-        f"{t} thread(s) fp32 {p['fp32']:.0f} GFLOP/s, u8s8 {p['int8']:.0f} GOP/s" for t, p in peaks.items()))
-    print(f"floor: numpy sgemm {gflops:.0f} GFLOP/s on one thread -> 2 x {macs / 1e6:.0f}M MACs = {floor_ms:.2f} ms")
-    print(f"\nbatch 1, {args.threads} thread(s)")
-    print(f"{'':66s} {'p50 ms':>8s} {'p90 ms':>8s} {'vs zoo':>7s} {'peak frac':>9s}")
-    for r in latency:
-        print(f"{r['name']:66s} {r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['vs_zoo_recipe']:7.2f} {r['peak_fraction']:9.2f}")
-    ours = {r["name"]: r["p50_ms"] for r in latency}
-    fp, q = ours["ours fp32 (default path: export + runtime)"], ours["ours int8 (default path: quantize of it)"]
-    print(f"ours int8 over ours fp32: {fp / q:.2f}x (target 2.0x); ours int8 vs zoo recipe: {q / ours[zoo]:.2f}x "
-          f"(target <= 0.40x)")
     for b in sorted({r["batch"] for r in throughput}):
         print(f"\nthroughput, batch {b}, {args.tp_threads} threads")
         print(f"{'':66s} {'img/s':>8s} {'vs zoo':>7s} {'peak frac':>9s}")
