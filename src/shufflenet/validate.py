@@ -113,7 +113,7 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
         except Exception as e:  # onnx raises ValidationError / InferenceError
             checker = f"failed: {str(e).strip().splitlines()[0]}"
         report = ValidationReport(str(path), model.graph.name, model_opset(model), checker, "")
-        runner = Runner(model, threads=threads)
+        runner = Runner(model, threads=threads, optimize=False)  # check the graph as given
         report.engine = runner.engine
         for ts in sets:
             if len(ts.inputs) != len(runner.input_names) or len(ts.outputs) > len(runner.output_names):
@@ -157,7 +157,7 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
     name = name or f"{variant}-{model_opset(model)}"
     from .runtime import _model_info
 
-    runner = Runner(model)
+    runner = Runner(model, optimize=False)
     inputs = test_inputs(variant, test_data, batch=fixed, seed=seed, recipe=_model_info(model)[0])
     sets = [(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs]
     folder = write_bundle(model, out_dir, name, sets)
