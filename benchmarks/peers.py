@@ -260,6 +260,7 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="also measure end to end over this folder")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # tables appear as they are measured
 
     import onnxruntime as ort
     import torch
@@ -281,22 +282,8 @@ def main() -> None:
     res = measure(candidates(args.threads, 1, x1), None, rounds=args.rounds, block=args.block, warmup=args.warmup,
                   interleaved=args.interleaved)
     latency = table(res, zoo, macs, 1, peaks[args.threads]["fp32"], peaks[args.threads]["int8"])
-    throughput = []
-    for b in [int(v) for v in args.tp_batches.split(",") if v]:
-        xb = rng.standard_normal((b, 3, 224, 224)).astype(np.float32)
-        blk = max(2, args.block * 4 // b)
-        r = measure(candidates(args.tp_threads, b, xb), None, rounds=max(4, args.rounds // 2), block=blk,
-                    warmup=3, interleaved=args.interleaved)
-        throughput += table(r, zoo, macs, b, peaks[args.tp_threads]["fp32"], peaks[args.tp_threads]["int8"])
-
-    env = {"cpu": _cpu(), "threads": args.threads, "tp_threads": args.tp_threads, "mode": mode,
-           "rounds": args.rounds, "block": args.block, "python": platform.python_version(),
-           "onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__,
-           "versions": _versions(), "sgemm_gflops_1thread_numpy": gflops, "floor_ms": floor_ms,
-           "peaks_gops": peaks, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "load": os.getloadavg(), "nodes": nodes}
-    print(f"{env['cpu']}; {mode}; {args.rounds} rounds; load average {env['load'][0]:.1f}; "
-          f"ORT {ort.__version__}, torch {torch.__version__}, {env['versions']}")
+    print(f"{_cpu()}; {mode}; {args.rounds} rounds; load average {os.getloadavg()[0]:.1f}; "
+          f"ORT {ort.__version__}, torch {torch.__version__}, {_versions()}")
     print("peaks (ORT MLAS, 1024^3): " + "; ".join(
         f"{t} thread(s) fp32 {p['fp32']:.0f} GFLOP/s, u8s8 {p['int8']:.0f} GOP/s" for t, p in peaks.items()))
     print(f"floor: numpy sgemm {gflops:.0f} GFLOP/s on one thread -> 2 x {macs / 1e6:.0f}M MACs = {floor_ms:.2f} ms")
@@ -308,12 +295,35 @@ def main() -> None:
     fp, q = ours["ours fp32 (default path: export + runtime)"], ours["ours int8 (default path: quantize of it)"]
     print(f"ours int8 over ours fp32: {fp / q:.2f}x (target 2.0x); ours int8 vs zoo recipe: {q / ours[zoo]:.2f}x "
           f"(target <= 0.40x)")
-    for b in sorted({r["batch"] for r in throughput}):
+
+    env = {"cpu": _cpu(), "threads": args.threads, "tp_threads": args.tp_threads, "mode": mode,
+           "rounds": args.rounds, "block": args.block, "python": platform.python_version(),
+           "onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__,
+           "versions": _versions(), "sgemm_gflops_1thread_numpy": gflops, "floor_ms": floor_ms,
+           "peaks_gops": peaks, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "load": os.getloadavg(), "nodes": nodes}
+    print(f"nodes: {nodes}")
+    throughput: list[dict] = []
+
+    def save() -> None:  # after every stage: a stopped run keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps({"env": env, "latency": latency, "throughput": throughput},
+                                                  indent=2))
+
+    save()
+    for b in [int(v) for v in args.tp_batches.split(",") if v]:
+        xb = rng.standard_normal((b, 3, 224, 224)).astype(np.float32)
+        blk = max(2, args.block * 2 // b)  # about the same seconds per block as at batch 1
+        r = measure(candidates(args.tp_threads, b, xb), None, rounds=max(4, args.rounds // 2), block=blk,
+                    warmup=3, interleaved=args.interleaved)
+        rows = table(r, zoo, macs, b, peaks[args.tp_threads]["fp32"], peaks[args.tp_threads]["int8"])
+        throughput += rows
         print(f"\nthroughput, batch {b}, {args.tp_threads} threads")
         print(f"{'':66s} {'img/s':>8s} {'vs zoo':>7s} {'peak frac':>9s}")
-        for r in (r for r in throughput if r["batch"] == b):
-            print(f"{r['name']:66s} {r['images_per_s']:8.0f} {1 / r['vs_zoo_recipe']:7.2f} {r['peak_fraction']:9.2f}")
-    print(f"nodes: {nodes}")
+        for row in rows:
+            print(f"{row['name']:66s} {row['images_per_s']:8.0f} {1 / row['vs_zoo_recipe']:7.2f} "
+                  f"{row['peak_fraction']:9.2f}")
+        save()
 
     if args.images:
         env["end_to_end"] = {}
@@ -325,8 +335,7 @@ def main() -> None:
                   f"img/s ({e2e['speedup']:.2f}x best of {e2e['repeats']}, median of ratios "
                   f"{e2e['speedup_median_of_repeats']:.2f}x); predictions identical to the exact path: "
                   f"{e2e['identical_predictions']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "latency": latency, "throughput": throughput}, indent=2))
+    save()
 
 
 def _versions() -> dict:
