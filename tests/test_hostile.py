@@ -110,10 +110,10 @@ def test_2_test_data_pb_external_data_never_reads_the_working_directory(tmp_path
 
 def test_3_resized_size_is_bounded_before_resizing(tmp_path):
     buf = io.BytesIO()
-    Image.new("RGB", (300, 1), (9, 9, 9)).save(buf, "PNG")  # resizes to 256 x 76,800
+    Image.new("RGB", (600, 1), (9, 9, 9)).save(buf, "PNG")  # resizes to 256 x 153,600
     with pytest.raises(ImageError, match="more than .* pixels"):
         preprocess_image(buf.getvalue())
-    Image.new("RGB", (300, 3)).save(tmp_path / "ok.png")  # 256 x 25,600: allowed
+    Image.new("RGB", (400, 1)).save(tmp_path / "ok.png")  # 256 x 102,400: allowed
     assert preprocess_image(tmp_path / "ok.png").shape == (1, 3, 224, 224)
 
 

@@ -223,13 +223,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
         return 0 if report.passed else 1
-    print(f"{report.path}: {report.model} (opset {report.opset})")
-    print(f"checker  {report.checker}")
+    print(f"{_shown(report.path)}: {_shown(report.model)} (opset {report.opset})")  # names from the file
+    print(f"checker  {_shown(report.checker)}")
     print(f"engine   {report.engine}")
     print(f"expected {report.expected_outputs}")
     rows = []
     for s in report.sets:
-        where = "" if s.passed else f"{s.tensor}[{','.join(map(str, s.worst_index))}] expected {s.expected:.6g} got {s.got:.6g}"
+        where = "" if s.passed else f"{_shown(s.tensor)}[{','.join(map(str, s.worst_index))}] expected {s.expected:.6g} got {s.got:.6g}"
         top1 = "-" if s.top1_match is None else f"{s.top1_match:.0%}"
         rows.append([s.name, "ok" if s.passed else "FAIL", f"{s.max_abs_err:.2e}", f"{s.max_rel_err:.2e}",
                      top1, where])

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 #: decoded source image: Pillow's own bomb threshold (~ a 9459 x 9459 image), as an error
 MAX_PIXELS = 89_478_485
-#: the image after the resize step (shorter side to 256 leaves a 1:256 strip at 16.8 M pixels):
+#: the image after the resize step (shorter side to 256 allows strips up to 1:512, 100 MB of RGB):
 #: refused before resizing, so a 143-byte 20000x1 PNG cannot become a 5 GB buffer
-MAX_RESIZED_PIXELS = 1 << 24
+MAX_RESIZED_PIXELS = 1 << 25
 #: a download whose size is not published (torchvision's checkpoints): 30x the largest one
 MAX_UNSIZED_DOWNLOAD_BYTES = 1 << 30
 #: seconds for one fetch, all mirrors and retries together (a byte every few seconds never ends

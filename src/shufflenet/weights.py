@@ -353,7 +353,16 @@ def _load_torch(path: Path) -> Weights:
         if _needs_code(str(e)):
             raise UnsafeFileError(f"{path}: refused, the checkpoint needs code execution to load "
                                   f"({msg})") from None
-        raise WeightsError(f"cannot read {path}: {msg}") from None
+        # torch refused without saying why (an opcode it does not take, e.g. protocol 4's FRAME):
+        # our restricted reader tells a global (code) from damage, and reads what is plain data
+        from ._torch_pickle import load_state_dict
+
+        try:
+            return _plain_state_dict(load_state_dict(path), path)
+        except UnsafeFileError:
+            raise
+        except WeightsError:
+            raise WeightsError(f"cannot read {path}: {msg}") from None
     return _state_dict_to_numpy(obj, path)
 
 
