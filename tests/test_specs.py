@@ -155,3 +155,36 @@ def test_catalog_rows_are_plain_data():
     rows = specs.catalog()
     json.dumps(rows)
     assert [r["name"] for r in rows] == specs.list_variants()
+
+
+def test_spec_errors_are_typed_and_compatible():
+    """Every refusal in specs is a ShuffleNetError (CLI exit 2) and still the builtin it was."""
+    from shufflenet.errors import ShuffleNetError, SpecError
+
+    cases = [
+        lambda: specs.register(specs.get_spec("shufflenet_v2_x1_0")),
+        lambda: specs.get_spec("shufflenet_v2_x0_5").graph(0),
+        lambda: specs.v1_widths(5, 1.0),
+        lambda: specs.v1_widths(3, 0.75),
+        lambda: specs.Preprocess(resize=0),
+        lambda: specs.Preprocess(interpolation="nearest"),
+    ]
+    for make in cases:
+        with pytest.raises(SpecError) as info:
+            make()
+        assert isinstance(info.value, ShuffleNetError) and isinstance(info.value, ValueError)
+        assert info.value.exit_code == 2
+    with pytest.raises(UnknownVariantError) as info:
+        specs.get_spec("nope")
+    assert isinstance(info.value, ShuffleNetError) and isinstance(info.value, KeyError)
+    with pytest.raises(SpecError, match="unknown op"):
+        specs._Builder("x").add("gelu", ("x",), "y")
+    with pytest.raises(SpecError, match="expects 4 channels"):
+        _shapes_4ch(specs.get_spec("shufflenet_v2_x0_5").graph())
+
+
+def _shapes_4ch(g):
+    """Run the shape walk with the first conv declared for 4 input channels."""
+    import dataclasses
+    first = dataclasses.replace(g.nodes[0], attrs={**g.nodes[0].attrs, "in_channels": 4})
+    return dataclasses.replace(g, nodes=(first, *g.nodes[1:])).shapes()

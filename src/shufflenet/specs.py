@@ -18,7 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from .errors import UnknownVariantError
+from .errors import SpecError, UnknownVariantError
 
 __all__ = [
     "Node",
@@ -125,7 +125,7 @@ class Graph:
             if n.op == "conv":
                 c, h, w = ins[0]
                 if c != a["in_channels"]:
-                    raise ValueError(f"{n.outputs[0]}: conv expects {a['in_channels']} channels, got {c}")
+                    raise SpecError(f"{n.outputs[0]}: conv expects {a['in_channels']} channels, got {c}")
                 outs = [(a["out_channels"], *_pooled(h, w, a["kernel"], a["stride"], a["pad"]))]
             elif n.op in ("maxpool", "avgpool"):
                 c, h, w = ins[0]
@@ -135,7 +135,7 @@ class Graph:
             elif n.op == "split":
                 c, h, w = ins[0]
                 if sum(a["sizes"]) != c:
-                    raise ValueError(f"split sizes {a['sizes']} do not add up to {c} channels")
+                    raise SpecError(f"split sizes {a['sizes']} do not add up to {c} channels")
                 outs = [(s, h, w) for s in a["sizes"]]
             elif n.op == "concat":
                 outs = [(sum(s[0] for s in ins), *ins[0][1:])]
@@ -183,7 +183,7 @@ def _param_shape(node: Node, role: str) -> tuple[int, ...]:
         return () if role == "num_batches_tracked" else (a["channels"],)
     if node.op == "linear":
         return (a["out_features"], a["in_features"]) if role == "weight" else (a["out_features"],)
-    raise ValueError(f"op {node.op!r} has no parameter {role!r}")
+    raise SpecError(f"op {node.op!r} has no parameter {role!r}")
 
 
 class _Builder:
@@ -203,13 +203,13 @@ class _Builder:
     def add(self, op: str, inputs: tuple[str, ...], hint: str, n_out: int = 1, params=None, **attrs) -> Any:
         outs = tuple(self._name(hint if n_out == 1 else f"{hint}_{i}") for i in range(n_out))
         if op not in OPS:
-            raise ValueError(f"unknown op {op!r}")
+            raise SpecError(f"unknown op {op!r}")
         self.nodes.append(Node(op, inputs, outs, MappingProxyType(attrs), MappingProxyType(params or {})))
         return outs[0] if n_out == 1 else outs
 
     def conv(self, x, cin, cout, k, stride, *, groups=1, w: str, b: str | None = None, hint=None) -> str:
         if cin % groups or cout % groups:
-            raise ValueError(f"conv {w}: channels {cin}->{cout} not divisible by groups {groups}")
+            raise SpecError(f"conv {w}: channels {cin}->{cout} not divisible by groups {groups}")
         params = {"weight": w} if b is None else {"weight": w, "bias": b}
         return self.add("conv", (x,), hint or _stem(w), params=params, in_channels=cin,
                         out_channels=cout, kernel=k, stride=stride, pad=k // 2, groups=groups)
@@ -303,9 +303,9 @@ def v1_widths(groups: int, scale: float) -> tuple[int, int, int, int]:
     groups; the stem is rounded up to a multiple of groups so stride-2 branches do too.
     """
     if groups not in V1_STAGE2_WIDTH:
-        raise ValueError(f"groups must be one of {sorted(V1_STAGE2_WIDTH)}, got {groups}")
+        raise SpecError(f"groups must be one of {sorted(V1_STAGE2_WIDTH)}, got {groups}")
     if scale not in V1_STEM:
-        raise ValueError(f"width multiplier must be one of {sorted(V1_STEM)}, got {scale}")
+        raise SpecError(f"width multiplier must be one of {sorted(V1_STEM)}, got {scale}")
     unit = 4 * groups
     w = max(unit, int(V1_STAGE2_WIDTH[groups] * scale / unit + 0.5) * unit)
     stem = -(-V1_STEM[scale] // groups) * groups
@@ -417,7 +417,7 @@ class Preprocess:
               and len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std)
               and self.scale > 0)
         if not ok:
-            raise ValueError(f"invalid preprocessing recipe: {self}")
+            raise SpecError(f"invalid preprocessing recipe: {self}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -494,7 +494,7 @@ class VariantSpec:
 @cache
 def _graph(spec: VariantSpec, num_classes: int) -> Graph:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
     return spec.builder(num_classes)
 
 
@@ -504,7 +504,7 @@ _REGISTRY: dict[str, VariantSpec] = {}
 def register(spec: VariantSpec) -> VariantSpec:
     """Add a variant; a second variant with the same name is refused."""
     if spec.name in _REGISTRY:
-        raise ValueError(f"variant {spec.name!r} is already registered")
+        raise SpecError(f"variant {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
 
