@@ -6,7 +6,7 @@ import re
 import pytest
 
 from shufflenet import specs
-from shufflenet.errors import UnknownVariantError
+from shufflenet.errors import SpecError, UnknownVariantError
 
 V2_PARAMS = {  # torchvision's published num_params
     "shufflenet_v2_x0_5": 1_366_792,
@@ -54,7 +54,7 @@ def test_v2_macs_equal_torchvision_to_its_precision(name, gmacs):
 @pytest.mark.parametrize("groups,mflops", V1_PAPER_MFLOPS.items())
 def test_v1_complexity_matches_the_paper(groups, mflops):
     graph = specs.get_spec(f"shufflenet_v1_g{groups}_x1_0").graph()
-    fc = next(n for n in graph.nodes if n.op == "linear").attrs
+    fc = graph.head.attrs
     conv_macs = graph.macs() - fc["in_features"] * fc["out_features"]
     assert abs(conv_macs / 1e6 - mflops) <= 0.6
 
@@ -188,3 +188,20 @@ def _shapes_4ch(g):
     import dataclasses
     first = dataclasses.replace(g.nodes[0], attrs={**g.nodes[0].attrs, "in_channels": 4})
     return dataclasses.replace(g, nodes=(first, *g.nodes[1:])).shapes()
+
+
+def test_graph_names_its_classifier_head():
+    for name in specs.list_variants():
+        g = specs.get_spec(name).graph(7)
+        head = g.head
+        assert head.op == "linear" and head.attrs["out_features"] == 7
+        assert set(head.params) == {"weight", "bias"}
+        # the head reads the flattened features (Caffe2's V1 names the pooled tensor as features)
+        flat = next(n for n in g.nodes if n.output == head.inputs[0])
+        assert flat.op == "flatten" and g.features in (flat.output, flat.inputs[0])
+        # and writes the logits: the graph output, or the Softmax's input for the Caffe2 V1
+        assert head.output == g.output or g.nodes[-1].inputs == (head.output,)
+    import dataclasses
+    g = specs.get_spec("shufflenet_v2_x0_5").graph()
+    with pytest.raises(SpecError, match="found 0 linear"):
+        dataclasses.replace(g, nodes=g.nodes[:-1]).head

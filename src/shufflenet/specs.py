@@ -92,6 +92,18 @@ class Graph:
     features: str
     num_classes: int
 
+    @property
+    def head(self) -> Node:
+        """The classifier: the ``linear`` node that reads the features and writes the class scores.
+
+        Ask for it here; do not search the node list for the op (a new op vocabulary, a second
+        linear layer or a folded graph changes only this accessor).
+        """
+        heads = [n for n in self.nodes if n.op == "linear"]
+        if len(heads) != 1:
+            raise SpecError(f"a graph has exactly one classifier head, found {len(heads)} linear nodes")
+        return heads[0]
+
     def param_table(self) -> dict[str, ParamInfo]:
         """Every stored tensor, in graph order, keyed by its weights name."""
         table: dict[str, ParamInfo] = {}

@@ -114,7 +114,7 @@ def init_weights(variant: str | VariantSpec, *, seed: int = 0, num_classes: int 
 def infer_num_classes(weights: Mapping[str, np.ndarray], spec: VariantSpec) -> int | None:
     """The classifier's output count in these weights, or None when the key is absent."""
     graph = spec.graph()
-    head = next(n for n in graph.nodes if n.op == "linear")
+    head = graph.head
     w = weights.get(head.params["weight"])
     return None if w is None or np.ndim(w) != 2 else int(np.shape(w)[0])
 
