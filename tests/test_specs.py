@@ -205,3 +205,37 @@ def test_graph_names_its_classifier_head():
     g = specs.get_spec("shufflenet_v2_x0_5").graph()
     with pytest.raises(SpecError, match="found 0 linear"):
         dataclasses.replace(g, nodes=g.nodes[:-1]).head
+
+
+def test_default_artifact_is_data_one_per_variant():
+    """The default pretrained artifact is a flag in artifacts.json, read by one accessor."""
+    for name in specs.list_variants():
+        spec = specs.get_spec(name)
+        flagged = [a for a in spec.pretrained if a.default]
+        assert len(flagged) == (1 if spec.pretrained else 0), name
+        art = specs.default_artifact(name)
+        assert art is (flagged[0] if flagged else None)
+        if art is not None:  # weights to load: a checkpoint or an fp32 model, never a bundle or int8
+            assert art.kind in ("torchvision-pth", "zoo-onnx") and art.quantization is None
+            assert specs.default_artifact(name, art.kind) is art
+            assert specs.default_artifact(name, "zoo-bundle") is None
+    assert specs.default_artifact("shufflenet_v2_x1_0").kind == "torchvision-pth"
+    # the Caffe2 V1: the newest fp32 file of the zoo (what both old code paths chose)
+    assert specs.default_artifact("shufflenet_v1_caffe2").name == "shufflenet-9"
+    assert specs.default_artifact("shufflenet_v1_g3_x1_0") is None
+    with pytest.raises(UnknownVariantError):
+        specs.default_artifact("shufflenet_v3")
+
+
+def test_preprocessing_belongs_to_the_weights():
+    """torchvision evaluates its x1.5 / x2.0 weights at resize 232: the weights entry says so and
+    the spec's accessor reports it; the architecture's own recipe stays torchvision's 256/224."""
+    for w, resize in (("x0_5", 256), ("x1_0", 256), ("x1_5", 232), ("x2_0", 232)):
+        spec = specs.get_spec(f"shufflenet_v2_{w}")
+        assert spec.base_preprocess == specs.Preprocess()
+        assert spec.preprocess.resize == resize and spec.preprocess.crop == 224
+        art = specs.default_artifact(spec.name)
+        assert (art.preprocess is None) == (resize == 256)
+    row = specs.catalog(["shufflenet_v2_x1_5"])[0]
+    import json
+    assert json.loads(json.dumps(row))["pretrained"][0]["preprocess"]["resize"] == 232

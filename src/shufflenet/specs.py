@@ -32,6 +32,7 @@ __all__ = [
     "get_spec",
     "list_variants",
     "artifacts",
+    "default_artifact",
 ]
 
 #: op name -> parameter roles it owns (in order)
@@ -458,13 +459,33 @@ class Artifact:
     size: int | None = None
     opset: int | None = None
     quantization: str | None = None
+    #: the variant's default pretrained weights (one per variant; ask :func:`default_artifact`)
+    default: bool = False
+    #: how the publisher evaluates these weights, when it differs from the architecture's recipe
+    #: (torchvision resizes to 232 for its x1.5 / x2.0 weights); ``VariantSpec.preprocess`` uses it
+    preprocess: Preprocess | None = None
 
 
 @cache
 def artifacts() -> tuple[Artifact, ...]:
     """Every public pretrained artifact, from the package's data file."""
     raw = json.loads(resources.files("shufflenet").joinpath("data/artifacts.json").read_text("utf-8"))
-    return tuple(Artifact(**{**a, "urls": tuple(a["urls"])}) for a in raw["artifacts"])
+    return tuple(Artifact(**{**a, "urls": tuple(a["urls"]),
+                             "preprocess": Preprocess(**a["preprocess"]) if a.get("preprocess") else None})
+                 for a in raw["artifacts"])
+
+
+def default_artifact(variant: str, kind: str | None = None) -> Artifact | None:
+    """The variant's default pretrained artifact (flagged ``default`` in ``data/artifacts.json``).
+
+    None when the variant has no published weights, or when ``kind`` is given and the default is
+    of another kind. This is the one place that chooses; callers never pick by opset or order.
+    """
+    get_spec(variant)  # an unknown name is an error, not "no weights"
+    found = [a for a in artifacts() if a.variant == variant and a.default]
+    if len(found) > 1:
+        raise SpecError(f"{variant}: {len(found)} artifacts are flagged default ({', '.join(a.name for a in found)})")
+    return found[0] if found and (kind is None or found[0].kind == kind) else None
 
 
 @dataclass(frozen=True)
@@ -473,7 +494,8 @@ class VariantSpec:
     family: str  # "shufflenet_v2" | "shufflenet_v1" | "shufflenet_v1_caffe2"
     summary: str
     builder: Callable[[int], Graph] = field(repr=False, compare=False)
-    preprocess: Preprocess = Preprocess()
+    #: the architecture's input recipe; the default weights may refine it (see ``preprocess``)
+    base_preprocess: Preprocess = Preprocess()
     output_kind: str = "logits"  # or "probabilities" (a Softmax ends the graph)
     #: the naming convention of the weights keys: "torchvision" | "caffe2" | "shufflenet"
     weights_naming: str = "torchvision"
@@ -481,6 +503,12 @@ class VariantSpec:
 
     def graph(self, num_classes: int = 1000) -> Graph:
         return _graph(self, num_classes)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How an image becomes the input: the default weights' recipe, else the architecture's."""
+        art = default_artifact(self.name) if self.name in _REGISTRY else None
+        return art.preprocess if art is not None and art.preprocess is not None else self.base_preprocess
 
     @property
     def num_params(self) -> int:
@@ -553,8 +581,6 @@ for _w, _widths in V2_WIDTHS.items():
         family="shufflenet_v2",
         summary=f"ShuffleNet V2 {_w[1:].replace('_', '.')}x (torchvision definition)",
         builder=lambda n, _widths=_widths: shufflenet_v2_graph(_widths, n),
-        # torchvision evaluates its x1.5 / x2.0 weights at resize 232
-        preprocess=Preprocess(resize=232) if _w in ("x1_5", "x2_0") else Preprocess(),
         published=_V2_PUBLISHED[_w],
     ))
 
@@ -598,6 +624,7 @@ def catalog(names: list[str] | None = None) -> list[dict[str, Any]]:
             "output_name": graph.output,
             "preprocess": spec.preprocess.to_dict(),
             "published": [p.__dict__ for p in spec.published],
-            "pretrained": [{k: v for k, v in a.__dict__.items() if k != "variant"} for a in spec.pretrained],
+            "pretrained": [{k: (v.to_dict() if isinstance(v, Preprocess) else v) for k, v in a.__dict__.items()
+                            if k != "variant"} for a in spec.pretrained],
         })
     return rows

@@ -26,7 +26,7 @@ from ._calibrate import calibrate
 from ._safeio import json_loads, read_capped, read_text, regular_file
 from .errors import MissingDependencyError, UnsafeFileError, WeightsError, install_hint
 from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES
-from .specs import Graph, VariantSpec, get_spec
+from .specs import Graph, VariantSpec, default_artifact, get_spec
 
 __all__ = [
     "WeightSource",
@@ -502,9 +502,7 @@ def resolve_weights(
 
             # the published weights: torchvision's checkpoint, else (the Caffe2 V1) the initializers
             # of the Model Zoo's newest fp32 file of the same network
-            published = ([a for a in spec.pretrained if a.kind == "torchvision-pth"]
-                         or sorted((a for a in spec.pretrained if a.kind == "zoo-onnx" and not a.quantization),
-                                   key=lambda a: -(a.opset or 0)))
+            published = [a for a in (default_artifact(spec.name),) if a is not None]
             if not published:
                 raise WeightsError(f"no published weights exist for {spec.name}; use random or a path")
             source = fetch(published[0])
