@@ -913,6 +913,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # before the parser: no onnx/numpy/PIL
+        return print(f"shufflenet {__version__}") or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
