@@ -226,7 +226,7 @@ def test_weights_torchvision_fetches_verifies_and_exports_without_torch(tmp_path
 
     with _serve_once(body, ckpt.name) as url:
         art = Artifact(name="torchvision-shufflenet_v2_x0_5", variant="shufflenet_v2_x0_5", kind="torchvision-pth",
-                       urls=(url,), sha256_prefix=hashlib.sha256(body).hexdigest()[:10])
+                       urls=(url,), default=True, sha256_prefix=hashlib.sha256(body).hexdigest()[:10])
         monkeypatch.setattr(specs, "artifacts", lambda: (art,))
         monkeypatch.setitem(sys.modules, "torch", None)  # the base install: no torch
         model = export_onnx("shufflenet_v2_x0_5", weights="torchvision", opset=12)
@@ -253,7 +253,7 @@ def test_weights_torchvision_for_the_caffe2_v1_reads_the_zoo_file(tmp_path, cach
     body = zoo_file.read_bytes()
 
     with _serve_once(body, "shufflenet-9.onnx") as url:
-        art = Artifact(name="shufflenet-9", variant="shufflenet_v1_caffe2", kind="zoo-onnx", urls=(url,),
+        art = Artifact(name="shufflenet-9", variant="shufflenet_v1_caffe2", kind="zoo-onnx", urls=(url,), default=True,
                        sha256=hashlib.sha256(body).hexdigest(), size=len(body), opset=9)
         monkeypatch.setattr(specs, "artifacts", lambda: (art,))
         model = export_onnx("shufflenet_v1_caffe2", weights="torchvision", opset=12)

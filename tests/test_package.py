@@ -57,3 +57,22 @@ def test_dir_shows_the_public_api():
     for name in ("Classifier", "export_onnx", "build_model", "resolve_model", "preprocess_image", "get_spec"):
         assert name in listed and getattr(shufflenet, name)
     assert not [n for n in listed if n.startswith("_") and n != "__version__"]
+
+
+def test_version_does_not_load_onnx_numpy_or_pillow():
+    """`shufflenet --version` answers before the parser is built: none of the heavy base imports."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['shufflenet', '--version']\n"
+            "try:\n"
+            "    runpy.run_module('shufflenet', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    code = e.code\n"
+            "heavy = sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch') if m in sys.modules)\n"
+            "print(code, heavy, file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from shufflenet import __version__
+    assert out.stdout.strip() == f"shufflenet {__version__}"
+    assert out.stderr.strip() == "0 []"
+    # the real entry point answers the same
+    out = subprocess.run([sys.executable, "-m", "shufflenet", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"shufflenet {__version__}"

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from shufflenet import specs
-from shufflenet.errors import UnknownVariantError
+from shufflenet.errors import SpecError, UnknownVariantError
 
 V2_PARAMS = {  # torchvision's published num_params
     "shufflenet_v2_x0_5": 1_366_792,
@@ -54,7 +54,7 @@ def test_v2_macs_equal_torchvision_to_its_precision(name, gmacs):
 @pytest.mark.parametrize("groups,mflops", V1_PAPER_MFLOPS.items())
 def test_v1_complexity_matches_the_paper(groups, mflops):
     graph = specs.get_spec(f"shufflenet_v1_g{groups}_x1_0").graph()
-    fc = next(n for n in graph.nodes if n.op == "linear").attrs
+    fc = graph.head.attrs
     conv_macs = graph.macs() - fc["in_features"] * fc["out_features"]
     assert abs(conv_macs / 1e6 - mflops) <= 0.6
 
@@ -155,3 +155,87 @@ def test_catalog_rows_are_plain_data():
     rows = specs.catalog()
     json.dumps(rows)
     assert [r["name"] for r in rows] == specs.list_variants()
+
+
+def test_spec_errors_are_typed_and_compatible():
+    """Every refusal in specs is a ShuffleNetError (CLI exit 2) and still the builtin it was."""
+    from shufflenet.errors import ShuffleNetError, SpecError
+
+    cases = [
+        lambda: specs.register(specs.get_spec("shufflenet_v2_x1_0")),
+        lambda: specs.get_spec("shufflenet_v2_x0_5").graph(0),
+        lambda: specs.v1_widths(5, 1.0),
+        lambda: specs.v1_widths(3, 0.75),
+        lambda: specs.Preprocess(resize=0),
+        lambda: specs.Preprocess(interpolation="nearest"),
+    ]
+    for make in cases:
+        with pytest.raises(SpecError) as info:
+            make()
+        assert isinstance(info.value, ShuffleNetError) and isinstance(info.value, ValueError)
+        assert info.value.exit_code == 2
+    with pytest.raises(UnknownVariantError) as info:
+        specs.get_spec("nope")
+    assert isinstance(info.value, ShuffleNetError) and isinstance(info.value, KeyError)
+    with pytest.raises(SpecError, match="unknown op"):
+        specs._Builder("x").add("gelu", ("x",), "y")
+    with pytest.raises(SpecError, match="expects 4 channels"):
+        _shapes_4ch(specs.get_spec("shufflenet_v2_x0_5").graph())
+
+
+def _shapes_4ch(g):
+    """Run the shape walk with the first conv declared for 4 input channels."""
+    import dataclasses
+    first = dataclasses.replace(g.nodes[0], attrs={**g.nodes[0].attrs, "in_channels": 4})
+    return dataclasses.replace(g, nodes=(first, *g.nodes[1:])).shapes()
+
+
+def test_graph_names_its_classifier_head():
+    for name in specs.list_variants():
+        g = specs.get_spec(name).graph(7)
+        head = g.head
+        assert head.op == "linear" and head.attrs["out_features"] == 7
+        assert set(head.params) == {"weight", "bias"}
+        # the head reads the flattened features (Caffe2's V1 names the pooled tensor as features)
+        flat = next(n for n in g.nodes if n.output == head.inputs[0])
+        assert flat.op == "flatten" and g.features in (flat.output, flat.inputs[0])
+        # and writes the logits: the graph output, or the Softmax's input for the Caffe2 V1
+        assert head.output == g.output or g.nodes[-1].inputs == (head.output,)
+    import dataclasses
+    g = specs.get_spec("shufflenet_v2_x0_5").graph()
+    with pytest.raises(SpecError, match="found 0 linear"):
+        dataclasses.replace(g, nodes=g.nodes[:-1]).head
+
+
+def test_default_artifact_is_data_one_per_variant():
+    """The default pretrained artifact is a flag in artifacts.json, read by one accessor."""
+    for name in specs.list_variants():
+        spec = specs.get_spec(name)
+        flagged = [a for a in spec.pretrained if a.default]
+        assert len(flagged) == (1 if spec.pretrained else 0), name
+        art = specs.default_artifact(name)
+        assert art is (flagged[0] if flagged else None)
+        if art is not None:  # weights to load: a checkpoint or an fp32 model, never a bundle or int8
+            assert art.kind in ("torchvision-pth", "zoo-onnx") and art.quantization is None
+            assert specs.default_artifact(name, art.kind) is art
+            assert specs.default_artifact(name, "zoo-bundle") is None
+    assert specs.default_artifact("shufflenet_v2_x1_0").kind == "torchvision-pth"
+    # the Caffe2 V1: the newest fp32 file of the zoo (what both old code paths chose)
+    assert specs.default_artifact("shufflenet_v1_caffe2").name == "shufflenet-9"
+    assert specs.default_artifact("shufflenet_v1_g3_x1_0") is None
+    with pytest.raises(UnknownVariantError):
+        specs.default_artifact("shufflenet_v3")
+
+
+def test_preprocessing_belongs_to_the_weights():
+    """torchvision evaluates its x1.5 / x2.0 weights at resize 232: the weights entry says so and
+    the spec's accessor reports it; the architecture's own recipe stays torchvision's 256/224."""
+    for w, resize in (("x0_5", 256), ("x1_0", 256), ("x1_5", 232), ("x2_0", 232)):
+        spec = specs.get_spec(f"shufflenet_v2_{w}")
+        assert spec.base_preprocess == specs.Preprocess()
+        assert spec.preprocess.resize == resize and spec.preprocess.crop == 224
+        art = specs.default_artifact(spec.name)
+        assert (art.preprocess is None) == (resize == 256)
+    row = specs.catalog(["shufflenet_v2_x1_5"])[0]
+    import json
+    assert json.loads(json.dumps(row))["pretrained"][0]["preprocess"]["resize"] == 232

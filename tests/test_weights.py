@@ -123,3 +123,26 @@ def test_num_classes_must_agree_with_the_weights():
     assert n == 10
     with pytest.raises(WeightsError, match="num_classes=1000 contradicts.*10 outputs"):
         resolve_weights(ten, V2, num_classes=1000)
+
+
+def test_random_weights_memoised_returns_private_copies():
+    from shufflenet.weights import _random_weights_cached, random_weights
+
+    a = random_weights("shufflenet_v2_x0_5", seed=3, num_classes=10)
+    hits = _random_weights_cached.cache_info().hits
+    b = random_weights("shufflenet_v2_x0_5", seed=3, num_classes=10)
+    assert _random_weights_cached.cache_info().hits == hits + 1
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(a[k] is not b[k] and not np.shares_memory(a[k], b[k]) for k in a)
+    a["fc.weight"][:] = 0  # a caller changing its copy changes nobody else's
+    c = random_weights("shufflenet_v2_x0_5", seed=3, num_classes=10)
+    assert np.array_equal(c["fc.weight"], b["fc.weight"]) and np.abs(c["fc.weight"]).sum() > 0
+    # the key is (variant, seed, num_classes): any change gives other weights
+    assert not np.array_equal(random_weights("shufflenet_v2_x0_5", seed=4, num_classes=10)["fc.weight"],
+                              b["fc.weight"])
+    assert random_weights("shufflenet_v2_x0_5", seed=3, num_classes=7)["fc.weight"].shape == (7, 1024)
+    # a stateful Generator as seed is not cached: each call draws new weights
+    gen = np.random.default_rng(0)
+    g1 = random_weights("shufflenet_v2_x0_5", seed=gen, num_classes=10)
+    g2 = random_weights("shufflenet_v2_x0_5", seed=gen, num_classes=10)
+    assert not np.array_equal(g1["fc.weight"], g2["fc.weight"])

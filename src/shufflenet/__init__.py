@@ -15,7 +15,6 @@ from .errors import (
     WeightsError,
 )
 from .specs import Preprocess, VariantSpec, get_spec, list_variants
-from .weights import load_weights, random_weights, save_weights
 
 __version__ = "0.1.0"
 
@@ -42,8 +41,12 @@ __all__ = [
     "QuantizeOptions",
 ]
 
-# Heavier entry points load on first use (onnxruntime, Pillow): `import shufflenet` stays cheap.
+# Heavier entry points load on first use (numpy, onnxruntime, Pillow): `import shufflenet` stays cheap.
 _LAZY = {
+    # weights needs numpy: `shufflenet --version` and `import shufflenet.errors` stay light
+    "load_weights": ("weights", "load_weights"),
+    "random_weights": ("weights", "random_weights"),
+    "save_weights": ("weights", "save_weights"),
     "preprocess_image": ("preprocess", "preprocess_image"),
     "Classifier": ("runtime", "Classifier"),
     "export_onnx": ("onnx_export", "export_onnx"),

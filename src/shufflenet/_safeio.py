@@ -93,6 +93,8 @@ def finite_json(obj):
         return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_json(v) for v in obj]
+    if hasattr(obj, "to_dict"):  # a recipe (specs.Preprocess) inside an artifact's record
+        return finite_json(obj.to_dict())
     return obj
 
 

@@ -966,6 +966,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # before the parser: no onnx/numpy/PIL
+        return print(f"shufflenet {__version__}") or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -17,6 +17,10 @@ class UnknownVariantError(ShuffleNetError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SpecError(ShuffleNetError, ValueError):
+    """An architecture description, preprocessing recipe or registry entry that is not valid."""
+
+
 class WeightsError(ShuffleNetError, ValueError):
     """Weights that do not fit the architecture, or a file that cannot be read as weights."""
 

@@ -184,7 +184,7 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
         from .onnx_export import export_onnx
 
         return export_onnx(name, weights=rest), text
-    from .specs import artifacts
+    from .specs import artifacts, default_artifact
 
     zoo = {a.name: a for a in artifacts() if a.kind == "zoo-onnx"}
     if text in zoo:
@@ -192,7 +192,7 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
     if text in list_variants():
         from .onnx_export import export_onnx
 
-        published = [a for a in artifacts() if a.variant == text and a.kind == "torchvision-pth"]
+        published = default_artifact(text, "torchvision-pth")
         if published:
             from .hub import HubError
 
@@ -200,7 +200,7 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
                 return export_onnx(text, weights="torchvision"), f"{text} (torchvision weights)"
             except HubError as e:
                 raise HubError(f"{e}; {_offline_alternatives(text)}") from None
-        onnx_files = [a for a in artifacts() if a.variant == text and a.kind == "zoo-onnx" and not a.quantization]
+        onnx_files = [a for a in (default_artifact(text, "zoo-onnx"),) if a is not None]
         if onnx_files:
             return load_model_checked(_fetch_or_hint(onnx_files[-1], text)), onnx_files[-1].name
         raise RuntimeError_(f"no pretrained weights are published for {text}; use {text}:random "

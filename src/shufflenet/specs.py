@@ -18,7 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from .errors import UnknownVariantError
+from .errors import SpecError, UnknownVariantError
 
 __all__ = [
     "Node",
@@ -32,6 +32,7 @@ __all__ = [
     "get_spec",
     "list_variants",
     "artifacts",
+    "default_artifact",
 ]
 
 #: op name -> parameter roles it owns (in order)
@@ -92,6 +93,18 @@ class Graph:
     features: str
     num_classes: int
 
+    @property
+    def head(self) -> Node:
+        """The classifier: the ``linear`` node that reads the features and writes the class scores.
+
+        Ask for it here; do not search the node list for the op (a new op vocabulary, a second
+        linear layer or a folded graph changes only this accessor).
+        """
+        heads = [n for n in self.nodes if n.op == "linear"]
+        if len(heads) != 1:
+            raise SpecError(f"a graph has exactly one classifier head, found {len(heads)} linear nodes")
+        return heads[0]
+
     def param_table(self) -> dict[str, ParamInfo]:
         """Every stored tensor, in graph order, keyed by its weights name."""
         table: dict[str, ParamInfo] = {}
@@ -125,7 +138,7 @@ class Graph:
             if n.op == "conv":
                 c, h, w = ins[0]
                 if c != a["in_channels"]:
-                    raise ValueError(f"{n.outputs[0]}: conv expects {a['in_channels']} channels, got {c}")
+                    raise SpecError(f"{n.outputs[0]}: conv expects {a['in_channels']} channels, got {c}")
                 outs = [(a["out_channels"], *_pooled(h, w, a["kernel"], a["stride"], a["pad"]))]
             elif n.op in ("maxpool", "avgpool"):
                 c, h, w = ins[0]
@@ -135,7 +148,7 @@ class Graph:
             elif n.op == "split":
                 c, h, w = ins[0]
                 if sum(a["sizes"]) != c:
-                    raise ValueError(f"split sizes {a['sizes']} do not add up to {c} channels")
+                    raise SpecError(f"split sizes {a['sizes']} do not add up to {c} channels")
                 outs = [(s, h, w) for s in a["sizes"]]
             elif n.op == "concat":
                 outs = [(sum(s[0] for s in ins), *ins[0][1:])]
@@ -183,7 +196,7 @@ def _param_shape(node: Node, role: str) -> tuple[int, ...]:
         return () if role == "num_batches_tracked" else (a["channels"],)
     if node.op == "linear":
         return (a["out_features"], a["in_features"]) if role == "weight" else (a["out_features"],)
-    raise ValueError(f"op {node.op!r} has no parameter {role!r}")
+    raise SpecError(f"op {node.op!r} has no parameter {role!r}")
 
 
 class _Builder:
@@ -203,13 +216,13 @@ class _Builder:
     def add(self, op: str, inputs: tuple[str, ...], hint: str, n_out: int = 1, params=None, **attrs) -> Any:
         outs = tuple(self._name(hint if n_out == 1 else f"{hint}_{i}") for i in range(n_out))
         if op not in OPS:
-            raise ValueError(f"unknown op {op!r}")
+            raise SpecError(f"unknown op {op!r}")
         self.nodes.append(Node(op, inputs, outs, MappingProxyType(attrs), MappingProxyType(params or {})))
         return outs[0] if n_out == 1 else outs
 
     def conv(self, x, cin, cout, k, stride, *, groups=1, w: str, b: str | None = None, hint=None) -> str:
         if cin % groups or cout % groups:
-            raise ValueError(f"conv {w}: channels {cin}->{cout} not divisible by groups {groups}")
+            raise SpecError(f"conv {w}: channels {cin}->{cout} not divisible by groups {groups}")
         params = {"weight": w} if b is None else {"weight": w, "bias": b}
         return self.add("conv", (x,), hint or _stem(w), params=params, in_channels=cin,
                         out_channels=cout, kernel=k, stride=stride, pad=k // 2, groups=groups)
@@ -303,9 +316,9 @@ def v1_widths(groups: int, scale: float) -> tuple[int, int, int, int]:
     groups; the stem is rounded up to a multiple of groups so stride-2 branches do too.
     """
     if groups not in V1_STAGE2_WIDTH:
-        raise ValueError(f"groups must be one of {sorted(V1_STAGE2_WIDTH)}, got {groups}")
+        raise SpecError(f"groups must be one of {sorted(V1_STAGE2_WIDTH)}, got {groups}")
     if scale not in V1_STEM:
-        raise ValueError(f"width multiplier must be one of {sorted(V1_STEM)}, got {scale}")
+        raise SpecError(f"width multiplier must be one of {sorted(V1_STEM)}, got {scale}")
     unit = 4 * groups
     w = max(unit, int(V1_STAGE2_WIDTH[groups] * scale / unit + 0.5) * unit)
     stem = -(-V1_STEM[scale] // groups) * groups
@@ -417,7 +430,7 @@ class Preprocess:
               and len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std)
               and self.scale > 0)
         if not ok:
-            raise ValueError(f"invalid preprocessing recipe: {self}")
+            raise SpecError(f"invalid preprocessing recipe: {self}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -446,13 +459,33 @@ class Artifact:
     size: int | None = None
     opset: int | None = None
     quantization: str | None = None
+    #: the variant's default pretrained weights (one per variant; ask :func:`default_artifact`)
+    default: bool = False
+    #: how the publisher evaluates these weights, when it differs from the architecture's recipe
+    #: (torchvision resizes to 232 for its x1.5 / x2.0 weights); ``VariantSpec.preprocess`` uses it
+    preprocess: Preprocess | None = None
 
 
 @cache
 def artifacts() -> tuple[Artifact, ...]:
     """Every public pretrained artifact, from the package's data file."""
     raw = json.loads(resources.files("shufflenet").joinpath("data/artifacts.json").read_text("utf-8"))
-    return tuple(Artifact(**{**a, "urls": tuple(a["urls"])}) for a in raw["artifacts"])
+    return tuple(Artifact(**{**a, "urls": tuple(a["urls"]),
+                             "preprocess": Preprocess(**a["preprocess"]) if a.get("preprocess") else None})
+                 for a in raw["artifacts"])
+
+
+def default_artifact(variant: str, kind: str | None = None) -> Artifact | None:
+    """The variant's default pretrained artifact (flagged ``default`` in ``data/artifacts.json``).
+
+    None when the variant has no published weights, or when ``kind`` is given and the default is
+    of another kind. This is the one place that chooses; callers never pick by opset or order.
+    """
+    get_spec(variant)  # an unknown name is an error, not "no weights"
+    found = [a for a in artifacts() if a.variant == variant and a.default]
+    if len(found) > 1:
+        raise SpecError(f"{variant}: {len(found)} artifacts are flagged default ({', '.join(a.name for a in found)})")
+    return found[0] if found and (kind is None or found[0].kind == kind) else None
 
 
 @dataclass(frozen=True)
@@ -461,7 +494,8 @@ class VariantSpec:
     family: str  # "shufflenet_v2" | "shufflenet_v1" | "shufflenet_v1_caffe2"
     summary: str
     builder: Callable[[int], Graph] = field(repr=False, compare=False)
-    preprocess: Preprocess = Preprocess()
+    #: the architecture's input recipe; the default weights may refine it (see ``preprocess``)
+    base_preprocess: Preprocess = Preprocess()
     output_kind: str = "logits"  # or "probabilities" (a Softmax ends the graph)
     #: the naming convention of the weights keys: "torchvision" | "caffe2" | "shufflenet"
     weights_naming: str = "torchvision"
@@ -469,6 +503,12 @@ class VariantSpec:
 
     def graph(self, num_classes: int = 1000) -> Graph:
         return _graph(self, num_classes)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How an image becomes the input: the default weights' recipe, else the architecture's."""
+        art = default_artifact(self.name) if self.name in _REGISTRY else None
+        return art.preprocess if art is not None and art.preprocess is not None else self.base_preprocess
 
     @property
     def num_params(self) -> int:
@@ -494,7 +534,7 @@ class VariantSpec:
 @cache
 def _graph(spec: VariantSpec, num_classes: int) -> Graph:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
     return spec.builder(num_classes)
 
 
@@ -504,7 +544,7 @@ _REGISTRY: dict[str, VariantSpec] = {}
 def register(spec: VariantSpec) -> VariantSpec:
     """Add a variant; a second variant with the same name is refused."""
     if spec.name in _REGISTRY:
-        raise ValueError(f"variant {spec.name!r} is already registered")
+        raise SpecError(f"variant {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -541,8 +581,6 @@ for _w, _widths in V2_WIDTHS.items():
         family="shufflenet_v2",
         summary=f"ShuffleNet V2 {_w[1:].replace('_', '.')}x (torchvision definition)",
         builder=lambda n, _widths=_widths: shufflenet_v2_graph(_widths, n),
-        # torchvision evaluates its x1.5 / x2.0 weights at resize 232
-        preprocess=Preprocess(resize=232) if _w in ("x1_5", "x2_0") else Preprocess(),
         published=_V2_PUBLISHED[_w],
     ))
 
@@ -586,6 +624,7 @@ def catalog(names: list[str] | None = None) -> list[dict[str, Any]]:
             "output_name": graph.output,
             "preprocess": spec.preprocess.to_dict(),
             "published": [p.__dict__ for p in spec.published],
-            "pretrained": [{k: v for k, v in a.__dict__.items() if k != "variant"} for a in spec.pretrained],
+            "pretrained": [{k: (v.to_dict() if isinstance(v, Preprocess) else v) for k, v in a.__dict__.items()
+                            if k != "variant"} for a in spec.pretrained],
         })
     return rows

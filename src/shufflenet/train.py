@@ -263,14 +263,14 @@ def _initial_weights(cfg: TrainConfig, n_classes: int):
     if cfg.pretrained is None:
         return fresh, "random:%d" % cfg.seed
     loaded, source, n = resolve_weights(cfg.pretrained, spec)
-    head = next(node for node in spec.graph(n).nodes if node.op == "linear")
+    head = spec.graph(n).head
     head_keys = set(head.params.values())
     weights = {k: (fresh[k] if k in head_keys and n != n_classes else v) for k, v in loaded.items()}
     return weights, source.description
 
 
 def _logits_name(graph) -> str:
-    return next(n for n in graph.nodes if n.op == "linear").output
+    return graph.head.output
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:

@@ -8,6 +8,7 @@ file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ from ._calibrate import calibrate
 from ._safeio import json_loads, read_capped, read_text, regular_file
 from .errors import MissingDependencyError, UnsafeFileError, WeightsError, install_hint
 from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES
-from .specs import Graph, VariantSpec, get_spec
+from .specs import Graph, VariantSpec, default_artifact, get_spec, list_variants
 
 __all__ = [
     "WeightSource",
@@ -55,8 +56,27 @@ def random_weights(variant: str | VariantSpec, *, seed: int = 0, num_classes: in
     statistics measured on a seeded batch (see ``_calibrate``) so activations stay of order one
     through every residual add; the classifier is centred on the pooled features so logits are
     of order one and depend on the input. No torch needed.
+
+    Memoised on (variant, seed, num_classes): the BN calibration costs seconds, and exports, tests
+    and the zoo ask for the same weights many times. Each call returns its own copies, so callers
+    may change the arrays freely.
     """
     spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
+    # cached: registered specs (an ad-hoc spec may share a name, not a builder) with an int seed
+    # (a Generator as seed has state: the same call must give the next weights, not the same ones)
+    cacheable = (isinstance(seed, int) and not isinstance(seed, bool)
+                 and spec.name in list_variants() and get_spec(spec.name) is spec)
+    if not cacheable:
+        return _random_weights(spec, seed, num_classes)
+    return {k: v.copy() for k, v in _random_weights_cached(spec.name, seed, num_classes).items()}
+
+
+@functools.lru_cache(maxsize=16, typed=True)  # a 2.0x variant is ~30 MB of float32; tests use a handful
+def _random_weights_cached(name: str, seed, num_classes: int) -> Weights:
+    return _random_weights(get_spec(name), seed, num_classes)
+
+
+def _random_weights(spec: VariantSpec, seed, num_classes: int) -> Weights:
     graph = spec.graph(num_classes)
     rng = np.random.default_rng(seed)
     out: Weights = {}
@@ -114,7 +134,7 @@ def init_weights(variant: str | VariantSpec, *, seed: int = 0, num_classes: int 
 def infer_num_classes(weights: Mapping[str, np.ndarray], spec: VariantSpec) -> int | None:
     """The classifier's output count in these weights, or None when the key is absent."""
     graph = spec.graph()
-    head = next(n for n in graph.nodes if n.op == "linear")
+    head = graph.head
     w = weights.get(head.params["weight"])
     return None if w is None or np.ndim(w) != 2 else int(np.shape(w)[0])
 
@@ -511,9 +531,7 @@ def resolve_weights(
 
             # the published weights: torchvision's checkpoint, else (the Caffe2 V1) the initializers
             # of the Model Zoo's newest fp32 file of the same network
-            published = ([a for a in spec.pretrained if a.kind == "torchvision-pth"]
-                         or sorted((a for a in spec.pretrained if a.kind == "zoo-onnx" and not a.quantization),
-                                   key=lambda a: -(a.opset or 0)))
+            published = [a for a in (default_artifact(spec.name),) if a is not None]
             if not published:
                 raise WeightsError(f"no published weights exist for {spec.name}; use random or a path")
             source = fetch(published[0])
