@@ -23,7 +23,7 @@ def bundle(tmp_path_factory):
 
 def test_bundle_layout(bundle):
     folder = bundle["bundle"]
-    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "test_data_set_0",
+    assert sorted(p.name for p in folder.iterdir()) == ["bundle.json", "model.onnx", "test_data_set_0",
                                                         "test_data_set_1", "test_data_set_2"]
     sets = find_test_sets(folder)
     assert [s.inputs[0][0] for s in sets] == ["gpu_0/data_0"] * 3

@@ -170,18 +170,25 @@ def test_onnx_initializers_become_weights(tmp_path, keep, name, images224):
 
 
 def test_caffe2_converter_names_map_one_to_one(tmp_path):
-    """The zoo's Caffe2 files name initializers like gpu_0/conv3_0_w_0 (SSA suffix)."""
+    """Our Caffe2 V1 names initializers as the zoo's converter did (gpu_0/conv3_0_w_0, SSA
+    suffix); weights load from that spelling and from the plain Caffe2 keys alike."""
     model = export_onnx("shufflenet_v1_caffe2", keep_batchnorm=True, opset=9)
-    renames = {t.name: t.name + "_0" for t in model.graph.initializer if t.name.startswith("gpu_0/")}
-    for t in model.graph.initializer:
-        t.name = renames.get(t.name, t.name)
-    for node in model.graph.node:
-        node.input[:] = [renames.get(i, i) for i in node.input]
-    save_model(model, tmp_path / "zoo.onnx")
-    got = weights_from_onnx(tmp_path / "zoo.onnx", __import__("shufflenet").get_spec("shufflenet_v1_caffe2"))
+    names = {t.name for t in model.graph.initializer}
+    assert {"gpu_0/conv3_0_w_0", "gpu_0/conv3_0_b_0", "gpu_0/gconv1_0_bn_riv_0", "gpu_0/pred_w_0"} <= names
+    assert not any(n.startswith("gpu_0/") and not n.endswith("_0") for n in names)
     want = random_weights("shufflenet_v1_caffe2", seed=0)
-    assert set(got) == {k for k in want if "num_batches" not in k}
-    assert all(np.array_equal(got[k], want[k]) for k in got)
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    renames = {t.name: t.name.removesuffix("_0") for t in plain.graph.initializer if t.name.startswith("gpu_0/")}
+    for t in plain.graph.initializer:
+        t.name = renames.get(t.name, t.name)
+    for node in plain.graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+    for i, m in enumerate((model, plain)):
+        save_model(m, tmp_path / f"zoo{i}.onnx")
+        got = weights_from_onnx(tmp_path / f"zoo{i}.onnx", __import__("shufflenet").get_spec("shufflenet_v1_caffe2"))
+        assert set(got) == {k for k in want if "num_batches" not in k}
+        assert all(np.array_equal(got[k], want[k]) for k in got)
 
 
 def test_onnx_of_another_architecture_is_refused(tmp_path):

@@ -271,7 +271,7 @@ SUBCOMMANDS = {
     "evaluate": _with_offline_models("--model", "--compare"),
     "quantize": _cli,
     "bench": _cli,
-    "zoo": _cli,
+    "zoo": _bounded(["--variants", "shufflenet-v2-12-qdq"]),  # the default tier builds one row (+ its source)
     "demo-data": _bounded(["--per-class", "8", "--size", "64"]),
     "train": _bounded(["--epochs", "1", "--img-size", "56", "--batch-size", "16"]),
     "serve": _serve,

@@ -274,6 +274,8 @@ def export_onnx(
     rename = {graph.input: in_name, graph.output: out_name}
     em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm, rename=rename, size=size)
     em.emit()
+    if spec.weights_naming == "caffe2":
+        _caffe2_initializer_names(em, set(graph.param_table()))
     dim0 = batch if batch is not None else "N"
     onnx_graph = helper.make_graph(
         em.nodes, spec.name,
@@ -303,6 +305,18 @@ def export_onnx(
     if extra_meta:
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **extra_meta})
     return model
+
+
+def _caffe2_initializer_names(em: _Emitter, keys: set[str]) -> None:
+    """Initializers named as the zoo's Caffe2 converter wrote them: the SSA suffix ``_0`` of a
+    blob never written (``gpu_0/conv3_0_w`` -> ``gpu_0/conv3_0_w_0``). Weights load from both
+    spellings (:func:`shufflenet.weights.weights_from_onnx`)."""
+    renames = {name: f"{name}_0" for name in em.inits if name in keys}
+    em.inits = {renames.get(k, k): t for k, t in em.inits.items()}
+    for t in em.inits.values():
+        t.name = renames.get(t.name, t.name)
+    for node in em.nodes:
+        node.input[:] = [renames.get(i, i) for i in node.input]
 
 
 def _ir_version(opset: int) -> int:

@@ -190,11 +190,62 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
     return out
 
 
-def expected_outputs(variant: str, model: onnx.ModelProto, inputs: list[np.ndarray]
-                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """(input, expected output) pairs and the name of the computation that produced them."""
-    runner = Runner(model, optimize=False)
-    return [(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs], f"{runner.engine} on this model"
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
+
+
+def expected_outputs(variant: str, model: onnx.ModelProto, inputs: list[np.ndarray], *,
+                     engine: str = "auto") -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """(input, expected output) pairs and the name of the computation that produced them.
+
+    An fp32 model's expected outputs come from an independent rendering of its description with
+    the model's own weights (read back from its initializers): PyTorch when torch is installed
+    (``engine="torch"``), else the plain-numpy reference (``"numpy"``, :mod:`shufflenet.reference`).
+    Int8 models have no independent reference that agrees to the zoo's tolerance, and graphs the
+    description cannot read back (padded or shuffle-absorbed exports) neither: ONNX Runtime on
+    the model computes those, and the returned name says so.
+    """
+    import tempfile
+
+    from .errors import WeightsError
+    from .specs import get_spec
+    from .weights import weights_from_onnx
+
+    why = None
+    if any(n.op_type in _QUANT_OPS or n.domain == "com.microsoft" for n in model.graph.node):
+        why = "int8: no independent reference"
+    meta = {p.key for p in model.metadata_props}
+    if why is None and meta & {"channel_padding", "channel_shuffle"}:
+        why = "rewritten graph: not the description's weights"
+    if why is None:
+        spec = get_spec(variant)
+        with tempfile.TemporaryDirectory(prefix="shufflenet-ref-") as tmp:
+            onnx.save(model, f"{tmp}/m.onnx")
+            try:
+                weights = weights_from_onnx(f"{tmp}/m.onnx", spec)
+            except WeightsError as e:
+                weights, why = None, f"weights not readable from the model ({e})"
+    if why is None:
+        n_classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
+        if engine in ("auto", "torch"):
+            try:
+                import torch
+
+                from .torch_models import build_model
+            except ImportError:
+                if engine == "torch":
+                    raise
+            else:
+                module = build_model(variant, weights=weights, num_classes=n_classes)
+                with torch.no_grad():
+                    sets = [(x, module(torch.from_numpy(x)).numpy()) for x in inputs]
+                return sets, f"PyTorch rendering of {variant} (torch {torch.__version__}, float32)"
+        from .reference import forward
+
+        graph = spec.graph(n_classes or 1000)
+        return [(x, forward(graph, weights, x)) for x in inputs], f"numpy reference of {variant} (float64)"
+    runner = Runner(model, optimize=False)  # the graph as written
+    return ([(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs],
+            f"{runner.engine} on this model ({why})")
 
 
 def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
