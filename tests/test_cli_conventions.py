@@ -85,3 +85,21 @@ def test_demo_data_takes_dir_or_out(tmp_path, capsys):
     assert (tmp_path / "a" / "train").is_dir() and capsys.readouterr().out == ""
     assert main(["demo-data", str(tmp_path / "b"), "-o", str(tmp_path / "c")]) == 2
     assert "two folders" in capsys.readouterr().err
+
+
+def test_every_command_takes_q():
+    missing = [" ".join(path) for path, parser in _subparsers(build_parser())
+               if not any(a.option_strings and "-q" in a.option_strings for a in parser._actions)
+               and not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)]
+    assert not missing, f"no -q on: {missing}"
+
+
+def test_q_on_list_export_validate(tmp_path, capsys):
+    assert main(["list", "-q", "--family", "shufflenet_v2"]) == 0
+    assert capsys.readouterr().out.split() == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+                                               "shufflenet_v2_x2_0"]
+    assert main(["export", "shufflenet_v2_x0_5", "-o", str(tmp_path / "m.onnx"), "--test-data", "1",
+                 "--input-size", "64", "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["validate", str(tmp_path / "m.onnx"), "-q"]) == 0
+    assert capsys.readouterr().out.strip() == "PASSED"

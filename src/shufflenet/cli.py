@@ -98,6 +98,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
+    if args.quiet:  # names only, one per line (for scripts)
+        print("\n".join(r["name"] for r in rows))
+        return 0
     table = []
     for r in rows:
         top1 = r["published"][0]["top1"] if r["published"] else None  # the primary source
@@ -111,6 +114,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list every architecture with params, MACs and published accuracy")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="variant names only, one per line")
     p.add_argument("--family", choices=["shufflenet_v2", "shufflenet_v1", "shufflenet_v1_caffe2"],
                    help="only this family")
     p.set_defaults(handler=_cmd_list)
@@ -138,6 +142,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     if args.json:
         _print_json(info)
+        return 0
+    if args.quiet:
         return 0
     for key in ("model", "bundle", "tar"):
         if key in info:
@@ -210,6 +216,7 @@ def _add_export(sub) -> None:
                    help="emitter: written from the description (any opset, no torch); torch: "
                         "torch.onnx.export of the PyTorch module, then cleaned (opset >= 11)")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(handler=_cmd_export)
 
 
@@ -222,6 +229,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report = validate(args.path, threads=args.threads)
     if args.json:
         _print_json(report.to_dict())
+        return 0 if report.passed else 1
+    if args.quiet:
+        print("PASSED" if report.passed else "FAILED")
         return 0 if report.passed else 1
     print(f"{_shown(report.path)}: {_shown(report.model)} (opset {report.opset})")  # names from the file
     print(f"checker  {_shown(report.checker)}")
@@ -245,6 +255,7 @@ def _add_validate(sub) -> None:
     p.add_argument("path", help="a .onnx with test_data_set_* beside it, a bundle folder or a .tar.gz")
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="only PASSED or FAILED (and the exit code)")
     p.set_defaults(handler=_cmd_validate)
 
 
@@ -894,7 +905,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            max_queue=args.max_queue, timeout_ms=args.timeout_ms, threads=args.threads)
 
     def ready(url: str, names: list[str]) -> None:
-        print(f"shufflenet serve: ready at {url} (models: {', '.join(names)})", flush=True)
+        if not args.quiet:
+            print(f"shufflenet serve: ready at {url} (models: {', '.join(names)})", flush=True)
 
     serve(args.model, host=args.host, port=args.port, options=options, on_ready=ready)
     return 0
@@ -930,6 +942,7 @@ def _add_serve(sub) -> None:
                    help="request deadline, 504 after (default 30000; a request may ask for less)")
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads per model "
                                                         "(default: ONNX Runtime's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no ready line (errors still print)")
     p.set_defaults(handler=_cmd_serve)
 
 
