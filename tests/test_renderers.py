@@ -1,7 +1,7 @@
 """Every op of the vocabulary (``specs.OPS``) is handled by every renderer of a graph.
 
 The description is rendered four times: the PyTorch module (``torch_models``), the ONNX emitter
-(``onnx_export``), the numpy calibration of ``random_weights`` (``_calibrate``) and the graph
+(``onnx_export``), the numpy reference (``reference.apply_op``, which the calibration of ``random_weights`` reuses) and the graph
 rewrites of ``optimize``. Adding an op to ``specs.OPS`` without teaching each of them fails here,
 before any network uses the op. The branch sets are read from the source (the renderers dispatch
 by ``op == "name"``, ``op in (...)`` or a ``_name`` method), so the test needs no torch.
@@ -15,7 +15,7 @@ import inspect
 import textwrap
 from pathlib import Path
 
-from shufflenet import _calibrate, onnx_export, optimize, specs
+from shufflenet import _calibrate, onnx_export, optimize, reference, specs
 
 OPS = set(specs.OPS)
 
@@ -66,9 +66,12 @@ def test_onnx_emitter_renders_every_op():
         assert onnx_export.form(rule_op, onnx_export.MIN_OPSET)
 
 
-def test_calibration_renders_every_op():
-    seen = _compared_ops(_calibrate.calibrate)
-    assert OPS <= seen, f"_calibrate.calibrate has no numpy rendering for {sorted(OPS - seen)}"
+def test_numpy_reference_renders_every_op():
+    # one numpy rendering: the reference's apply_op; _calibrate overrides bn and linear and
+    # stops at softmax, and hands every other op to it
+    seen = _compared_ops(reference.apply_op)
+    assert OPS <= seen, f"reference.apply_op has no numpy rendering for {sorted(OPS - seen)}"
+    assert {"bn", "linear", "softmax"} <= _compared_ops(_calibrate.calibrate)
 
 
 #: ops that a channel permutation does not pass through in ``absorb_shuffles``: its fallback

@@ -10,8 +10,8 @@ order one. Only used by :func:`shufflenet.weights.random_weights`; needs no torc
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from .reference import apply_op
 from .specs import Graph
 
 CALIB_SIZE = 224  # the deployed crop: pooled-feature statistics depend on it
@@ -41,22 +41,6 @@ def calibration_images(rng: np.random.Generator, n: int, size: int) -> np.ndarra
     return x.astype(np.float32)
 
 
-def _windows(x: np.ndarray, k: int, stride: int, pad: int, fill: float) -> np.ndarray:
-    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
-    return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # N C Ho Wo k k
-
-
-def _conv(x, w, b, stride, pad, groups):
-    n, c = x.shape[:2]
-    o, cg, k, _ = w.shape
-    win = _windows(x, k, stride, pad, 0.0)
-    ho, wo = win.shape[2:4]
-    win = win.reshape(n, groups, cg, ho, wo, k, k)
-    y = np.einsum("ngchwij,gocij->ngohw", win, w.reshape(groups, o // groups, cg, k, k), optimize=True)
-    y = y.reshape(n, o, ho, wo)
-    return y if b is None else y + b[None, :, None, None]
-
-
 def calibrate(graph: Graph, weights: dict[str, np.ndarray], rng: np.random.Generator) -> None:
     """Set BN running stats and the classifier in ``weights`` in place (see module doc)."""
     x = calibration_images(rng, CALIB_BATCH, CALIB_SIZE)
@@ -65,36 +49,12 @@ def calibrate(graph: Graph, weights: dict[str, np.ndarray], rng: np.random.Gener
         a, ins = node.attrs, [env[i] for i in node.inputs]
         p = {role: weights[key] for role, key in node.params.items()}
         x = ins[0]
-        if node.op == "conv":
-            ys = [_conv(x, p["weight"], p.get("bias"), a["stride"], a["pad"], a["groups"])]
-        elif node.op == "bn":
+        if node.op == "bn":  # statistics measured on this batch, then applied
             mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
             weights[node.params["running_mean"]] = mean.astype(np.float32)
             weights[node.params["running_var"]] = np.maximum(var, 1e-3).astype(np.float32)
             scale = p["weight"] / np.sqrt(np.maximum(var, 1e-3) + a["eps"])
             ys = [(x - mean[None, :, None, None]) * scale[None, :, None, None] + p["bias"][None, :, None, None]]
-        elif node.op == "relu":
-            ys = [np.maximum(x, 0)]
-        elif node.op == "maxpool":
-            ys = [_windows(x, a["kernel"], a["stride"], a["pad"], -np.inf).max((4, 5))]
-        elif node.op == "avgpool":
-            s = _windows(x, a["kernel"], a["stride"], a["pad"], 0.0).sum((4, 5))
-            ones = np.ones((1, 1, *x.shape[2:]), x.dtype)
-            ys = [s / _windows(ones, a["kernel"], a["stride"], a["pad"], 0.0).sum((4, 5))]
-        elif node.op == "global_avgpool":
-            ys = [x.mean((2, 3), keepdims=True)]
-        elif node.op == "shuffle":
-            n, c, h, w = x.shape
-            g = a["groups"]
-            ys = [x.reshape(n, g, c // g, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)]
-        elif node.op == "split":
-            ys = np.split(x, np.cumsum(a["sizes"])[:-1], axis=1)
-        elif node.op == "concat":
-            ys = [np.concatenate(ins, 1)]
-        elif node.op == "add":
-            ys = [ins[0] + ins[1]]
-        elif node.op == "flatten":
-            ys = [x.reshape(len(x), -1)]
         elif node.op == "linear":
             # centre on the batch's mean feature and raise the gain (at most MAX_GAIN, so logits
             # stay well conditioned) until the logits vary across inputs with std ~1
@@ -106,6 +66,6 @@ def calibrate(graph: Graph, weights: dict[str, np.ndarray], rng: np.random.Gener
             ys = [x @ w.T + b]
         elif node.op == "softmax":
             break
-        else:
-            raise ValueError(f"no numpy rendering for op {node.op!r}")
+        else:  # every other op as the numpy reference renders it, in float32
+            ys = apply_op(node, ins, p)
         env.update(zip(node.outputs, ys))
