@@ -25,13 +25,15 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ray_sandbox import stop_all  # noqa: E402  (one way to end a namespace's processes, shared with the tests)
 
 SANDBOX_ENV = "SHUFFLENET_RAY_BENCH_SANDBOX"
 UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount", "--mount-proc", "--kill-child"]
@@ -59,23 +61,6 @@ def timed(argv) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True, stdin=subprocess.DEVNULL)
     return time.perf_counter() - t0
-
-
-def stop_all(grace: float = 5.0) -> None:
-    """End every other process of this PID namespace by id (``/proc`` is the namespace's own)."""
-    def others():
-        return [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()]
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in others():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and others():
-            with contextlib.suppress(ChildProcessError):
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            time.sleep(0.1)
 
 
 def run_local(model_path: str, paths: list[str], batch_size: int) -> dict:
@@ -196,8 +181,10 @@ def inside(args: argparse.Namespace) -> dict:
         res["ratios"] = {
             "ray1_vs_local_phase1": res["ray_1_worker"]["images_per_s"] / res["local_phase1"]["images_per_s"],
             "ray2_vs_local_phase2": res["ray_2_workers"]["images_per_s"] / res["local_phase2"]["images_per_s"],
+            # None when a run was too short to leave a steady phase after the first row
             "ray2_vs_ray1_steady": (res["ray_2_workers"]["steady_images_per_s"]
-                                    / res["ray_1_worker"]["steady_images_per_s"]),
+                                    / res["ray_1_worker"]["steady_images_per_s"]
+                                    if res["ray_1_worker"]["steady_images_per_s"] else None),
         }
         return res
     finally:
