@@ -57,6 +57,16 @@ def images224():
 
 
 @pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny 'easy' demo set (3 classes x 10 images, 40 px) for the training tests; read only."""
+    from shufflenet.demo_data import make_demo_data
+
+    d = tmp_path_factory.mktemp("tiny")
+    make_demo_data(d / "data", classes=3, per_class=10, size=40, seed=2, difficulty="easy")
+    return d / "data"
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A ShuffleNetV2 x0.5 trained on generated 'easy' data (4 classes, 56 px), exported.
 

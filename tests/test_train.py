@@ -17,13 +17,6 @@ from shufflenet.train import TrainConfig, TrainError, train  # noqa: E402
 from shufflenet.weights import load_weights  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    make_demo_data(d / "data", classes=3, per_class=10, size=40, seed=2, difficulty="easy")
-    return d / "data"
-
-
 def test_demo_data_is_deterministic_and_well_formed(tmp_path):
     a = make_demo_data(tmp_path / "a", classes=3, per_class=5, size=48, seed=7)
     make_demo_data(tmp_path / "b", classes=3, per_class=5, size=48, seed=7)

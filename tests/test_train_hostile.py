@@ -11,16 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import shufflenet.train as train_mod  # noqa: E402
-from shufflenet.demo_data import make_demo_data  # noqa: E402
 from shufflenet.train import TrainConfig, train  # noqa: E402
 from shufflenet.weights import load_weights  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    make_demo_data(d / "data", classes=3, per_class=10, size=40, seed=2, difficulty="easy")
-    return d / "data"
 
 
 CFG = dict(variant="shufflenet_v2_x0_5", epochs=2, batch_size=8, img_size=32, threads=1, ema=0.9)
