@@ -146,6 +146,12 @@ class _Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/f.pth"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
@@ -165,34 +171,25 @@ def _leftovers(cache):
 
 def test_4_unsized_download_is_capped(cache, monkeypatch):
     monkeypatch.setattr(hub, "MAX_UNSIZED_DOWNLOAD_BYTES", 1 << 20)
-    server = _Server(b"x" * (3 << 20))  # no Content-Length: only the cap stops it
-    try:
+    with _Server(b"x" * (3 << 20)) as server:  # no Content-Length: only the cap stops it
         with pytest.raises(hub.HubError, match="more than the limit of 1,048,576 bytes"):
             hub.fetch(_unsized(server.url))
-    finally:
-        server.httpd.shutdown()
     assert _leftovers(cache) == []
 
 
 def test_4_unsized_download_with_a_large_content_length_is_refused_before_reading(cache, monkeypatch):
     monkeypatch.setattr(hub, "MAX_UNSIZED_DOWNLOAD_BYTES", 1 << 20)
-    server = _Server(b"x" * 10, length=5 << 20)
-    try:
+    with _Server(b"x" * 10, length=5 << 20) as server:
         with pytest.raises(hub.HubError, match="5,242,880 bytes, more than the limit"):
             hub.fetch(_unsized(server.url))
-    finally:
-        server.httpd.shutdown()
     assert _leftovers(cache) == []
 
 
 def test_5_a_dripping_server_meets_the_overall_deadline(cache, monkeypatch):
     monkeypatch.setattr(hub, "DOWNLOAD_DEADLINE_S", 0.5)
-    server = _Server(b"y" * 200, drip=0.05)  # 10 s in all, each read well inside the socket timeout
-    try:
+    with _Server(b"y" * 200, drip=0.05) as server:  # 10 s in all, each read well inside the socket timeout
         with pytest.raises(hub.HubError, match="deadline"):
             hub.fetch(_unsized(server.url))
-    finally:
-        server.httpd.shutdown()
     assert _leftovers(cache) == []
 
 
