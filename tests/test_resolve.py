@@ -7,7 +7,7 @@ import pytest
 
 from shufflenet.cli import main
 from shufflenet.onnx_export import export_onnx, save_model
-from shufflenet.runtime import RuntimeError_, resolve_model
+from shufflenet.runtime import ModelRunError, resolve_model
 from shufflenet.synthetic import synthetic_images
 
 
@@ -39,11 +39,11 @@ def test_every_spelling(tmp_path):
 
 def test_missing_and_unknown(tmp_path, offline):
     for spec in ("missing.onnx", "dir/missing", "m.tar.gz"):
-        with pytest.raises(RuntimeError_, match="no such file"):
+        with pytest.raises(ModelRunError, match="no such file"):
             resolve_model(spec)
-    with pytest.raises(RuntimeError_, match="not a file, a variant"):
+    with pytest.raises(ModelRunError, match="not a file, a variant"):
         resolve_model("resnet50")
-    with pytest.raises(RuntimeError_, match=":random"):
+    with pytest.raises(ModelRunError, match=":random"):
         resolve_model("shufflenet_v2_x0_5:torchvision")
 
 
@@ -81,3 +81,9 @@ def test_missing_model_file_on_the_command_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "missing.onnx: no such file" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_deprecated_runtime_error_name_still_imports():
+    from shufflenet.runtime import RuntimeError_
+
+    assert RuntimeError_ is ModelRunError

@@ -430,7 +430,7 @@ def test_image_deadline_504(gated):
 
 
 def test_batches_form_and_a_bad_request_never_disturbs_its_batch(gated, images224):
-    from shufflenet.runtime import RuntimeError_
+    from shufflenet.runtime import ModelRunError
 
     s, gate = gated(max_queue=64)
     served = s.app.state.shufflenet["tiny"]
@@ -445,7 +445,7 @@ def test_batches_form_and_a_bad_request_never_disturbs_its_batch(gated, images22
 
     def model_that_fails_on_poison(batch):  # a model error caused by one request's data
         if np.any(batch[:, 0, 0, 0] == 7.0):
-            raise RuntimeError_("running the model failed: poisoned row")
+            raise ModelRunError("running the model failed: poisoned row")
         return real(batch)
 
     gate.inner = model_that_fails_on_poison

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from ._safeio import read_capped, regular_file
 from .errors import ShuffleNetError, UnsafeFileError
 from .limits import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_MODEL_BYTES, MAX_TENSOR_BYTES, MAX_UNPACKED_BYTES
-from .weights import atomic_write
+from ._io import atomic_write
 
 __all__ = ["BundleError", "TestSet", "write_bundle", "pack_tar", "safe_extract", "find_test_sets",
            "locate_model", "is_archive", "load_model_checked", "load_any_model", "BUNDLE_METADATA", "MAX_MEMBERS",

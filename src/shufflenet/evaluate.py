@@ -17,7 +17,8 @@ import numpy as np
 from ._safeio import read_text
 from .errors import ShuffleNetError
 from .labels import wnid_index
-from .runtime import IMAGE_SUFFIXES, Classifier, agreement, run_files
+from ._io import IMAGE_SUFFIXES
+from .runtime import Classifier, agreement, run_files
 
 __all__ = ["DatasetError", "Sample", "discover", "evaluate", "EvalReport"]
 

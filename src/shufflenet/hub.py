@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from .errors import CheckFailedError, ShuffleNetError
 from .limits import DOWNLOAD_DEADLINE_S, MAX_UNSIZED_DOWNLOAD_BYTES
 from .specs import Artifact, artifacts
-from .weights import sha256_file
+from ._io import sha256_file
 
 __all__ = ["HubError", "HashMismatchError", "cache_dir", "find_artifact", "artifact_path", "fetch",
            "cached_path", "Progress"]

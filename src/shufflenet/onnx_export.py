@@ -23,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ShuffleNetError
 from .specs import Graph, Node, VariantSpec, get_spec
-from .weights import WeightSource, atomic_write, resolve_weights
+from ._io import atomic_write
+from .weights import WeightSource, resolve_weights
 
 __all__ = ["RULES", "Rule", "form", "export_onnx", "save_model", "newest_opset", "MIN_OPSET",
            "DEFAULT_OPSET", "ExportError"]
@@ -295,7 +296,7 @@ def export_onnx(
     recipe = spec.preprocess
     if size != recipe.crop:  # keep the crop ratio of the recipe (224 of 256 = 0.875)
         recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
-    _set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, recipe)
+    set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, recipe)
     extra_meta = {}
     if absorb_shuffle:
         extra_meta["channel_shuffle"] = "absorbed into weights" if not any(
@@ -330,7 +331,7 @@ def _version() -> str:
     return __version__
 
 
-def _set_metadata(model, spec: VariantSpec, source: WeightSource, opset: int, keep_bn: bool,
+def set_metadata(model, spec: VariantSpec, source: WeightSource, opset: int, keep_bn: bool,
                   num_classes: int, labels: list[str] | None, recipe=None) -> None:
     meta = {
         "variant": spec.name,

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ._onnx import model_opset
 from .errors import ShuffleNetError
 
 __all__ = ["LegacyUpgradeError", "upgrade_to_opset7", "model_opset"]
@@ -24,11 +25,6 @@ class LegacyUpgradeError(ShuffleNetError, ValueError):
     """A legacy node whose meaning at opset 7 we cannot guarantee."""
 
 
-def model_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    return 1
 
 
 # ops whose opset-7 schema accepts the same attributes and inputs, once consumed_inputs is gone

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .weights import atomic_write
+from ._io import atomic_write
 
 __all__ = ["line_panel", "bar_panel", "save_panels"]
 

@@ -32,8 +32,9 @@ import onnx
 
 from ._safeio import dumps as strict_dumps
 from .errors import CheckFailedError, ShuffleNetError
-from .onnx_legacy import model_opset
-from .runtime import IMAGE_SUFFIXES, Classifier, Runner, _model_info, agreement, is_untrained, resolve_model
+from ._io import IMAGE_SUFFIXES, atomic_write
+from ._onnx import model_opset
+from .runtime import Classifier, Runner, agreement, model_info, is_untrained, resolve_model
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
@@ -476,7 +477,6 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     ``label_file`` ('filename index' per line) labels a flat one."""
     from .evaluate import discover
     from .preprocess import describe
-    from .weights import atomic_write
 
     opts = options or QuantizeOptions()
     if opts.format not in FORMATS:
@@ -498,7 +498,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
         raise QuantizeError(f"{source} is already quantized")
     clf = Classifier(fp32, exact=True)  # calibration and --eval-data: torchvision's decoding
-    _, kind, _ = _model_info(fp32)
+    _, kind, _ = model_info(fp32)
     dims = fp32.graph.input[0].type.tensor_type.shape.dim
     batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
 

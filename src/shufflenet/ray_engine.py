@@ -129,7 +129,7 @@ def _expand_uri(uri: str) -> tuple[list[str], str | None]:
         entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as e:
         return [], f"cannot list ({' '.join(str(e).split())})"
-    from .runtime import IMAGE_SUFFIXES
+    from ._io import IMAGE_SUFFIXES
 
     # the filesystem's paths are the URI's tail ("bucket/key" for s3, "/a/b" for file://, hdfs)
     prefix = base[:len(base) - len(root)] if root and base.endswith(root) else scheme

@@ -17,13 +17,18 @@ import numpy as np
 import onnx
 
 from .errors import ShuffleNetError
-from .onnx_legacy import LegacyUpgradeError, model_opset, upgrade_to_opset7
+from ._io import IMAGE_SUFFIXES, image_files, one_line  # noqa: F401  (IMAGE_SUFFIXES: old import path)
+from ._onnx import fixed_batch, input_names, model_opset, ort_session
+from .onnx_legacy import LegacyUpgradeError, upgrade_to_opset7
 
-__all__ = ["RuntimeError_", "Runner", "Classifier", "Prediction", "resolve_model", "is_untrained", "agreement"]
+__all__ = ["ModelRunError", "RuntimeError_", "model_info", "Runner", "Classifier", "Prediction", "resolve_model", "is_untrained", "agreement"]
 
 
-class RuntimeError_(ShuffleNetError, RuntimeError):
+class ModelRunError(ShuffleNetError, RuntimeError):
     """A model that ONNX Runtime refuses to load or run."""
+
+
+RuntimeError_ = ModelRunError  # deprecated name, kept so old imports keep working
 
 
 class Runner:
@@ -32,12 +37,10 @@ class Runner:
     def __init__(self, model: onnx.ModelProto, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, optimize: bool = True) -> None:
         self.opset = model_opset(model)
-        self.input_names = [i.name for i in model.graph.input
-                            if i.name not in {t.name for t in model.graph.initializer}]
+        self.input_names = input_names(model)
         self.output_names = [o.name for o in model.graph.output]
-        dim0 = model.graph.input[0].type.tensor_type.shape.dim[:1]
         #: the batch size the model was exported with, or None for a dynamic batch
-        self.fixed_batch = dim0[0].dim_value if dim0 and dim0[0].HasField("dim_value") else None
+        self.fixed_batch = fixed_batch(model)
         self._ref = None
         self.threads = threads  # intra-op threads asked for (None: ONNX Runtime's default)
         self.rewrites = None  # the load-time rewrites applied, in words (None: the graph as given)
@@ -57,8 +60,7 @@ class Runner:
                 return list(self._ref.run(None, dict(feeds)))
             return self._session.run(None, dict(feeds))
         except Exception as e:
-            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise RuntimeError_(f"running the model failed: {msg}") from None
+            raise ModelRunError(f"running the model failed: {one_line(e, line='last')}") from None
 
 
     def outputs(self, data: np.ndarray, *, step: int = 32) -> np.ndarray:
@@ -88,24 +90,16 @@ def _optimized_session(model: onnx.ModelProto, threads: int | None, providers, o
             try:
                 return _session(fast, threads, providers), next(
                     p.value for p in fast.metadata_props if p.key == OPTIMIZED_KEY)
-            except RuntimeError_:
+            except ModelRunError:
                 pass
     return _session(model, threads, providers), None
 
 
 def _session(model: onnx.ModelProto, threads: int | None, providers: Sequence[str] | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=list(providers or ["CPUExecutionProvider"]))
+        return ort_session(model, threads=threads, providers=providers)
     except Exception as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise RuntimeError_(f"ONNX Runtime cannot load the model: {msg}") from None
+        raise ModelRunError(f"ONNX Runtime cannot load the model: {one_line(e, line='last')}") from None
 
 
 # --------------------------------------------------------------------------- the Classifier
@@ -118,7 +112,7 @@ class Prediction:
     probability: float
 
 
-def _model_info(model: onnx.ModelProto):
+def model_info(model: onnx.ModelProto):
     """(preprocess recipe, output kind, labels or None) from metadata, else from I/O names."""
     from .specs import Preprocess
 
@@ -180,7 +174,7 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
     name, sep, rest = text.partition(":")
     if sep and name in list_variants():
         if not rest.startswith("random"):
-            raise RuntimeError_(f"{text!r}: after the variant only :random or :random:SEED is accepted")
+            raise ModelRunError(f"{text!r}: after the variant only :random or :random:SEED is accepted")
         from .onnx_export import export_onnx
 
         return export_onnx(name, weights=rest), text
@@ -203,11 +197,11 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
         onnx_files = [a for a in (default_artifact(text, "zoo-onnx"),) if a is not None]
         if onnx_files:
             return load_model_checked(_fetch_or_hint(onnx_files[-1], text)), onnx_files[-1].name
-        raise RuntimeError_(f"no pretrained weights are published for {text}; use {text}:random "
+        raise ModelRunError(f"no pretrained weights are published for {text}; use {text}:random "
                             "for an untrained model or give a path")
     if text.lower().endswith(MODEL_FILE_SUFFIXES) or os.sep in text or (os.altsep and os.altsep in text):
-        raise RuntimeError_(f"{text}: no such file")
-    raise RuntimeError_(f"{text!r} is not a file, a variant (see `shufflenet list`), VARIANT:random[:SEED] "
+        raise ModelRunError(f"{text}: no such file")
+    raise ModelRunError(f"{text!r} is not a file, a variant (see `shufflenet list`), VARIANT:random[:SEED] "
                         f"or a zoo artifact ({', '.join(sorted(zoo))})")
 
 
@@ -241,7 +235,7 @@ class Classifier:
         from .labels import imagenet_labels, load_labels
 
         proto, self.source = resolve_model(model)
-        self.recipe, self.output_kind, meta_labels = _model_info(proto)
+        self.recipe, self.output_kind, meta_labels = model_info(proto)
         self.resize = resize or self.recipe.resize_mode
         self.exact = exact
         self.runner = Runner(proto, threads=threads, providers=providers, optimize=optimize)
@@ -255,7 +249,7 @@ class Classifier:
         if self.labels is None and self.num_classes == 1000:
             self.labels = imagenet_labels()
         if self.labels is not None and self.num_classes and len(self.labels) != self.num_classes:
-            raise RuntimeError_(f"{len(self.labels)} labels for a model with {self.num_classes} classes")
+            raise ModelRunError(f"{len(self.labels)} labels for a model with {self.num_classes} classes")
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.untrained = is_untrained(proto)  # random weights: predictions carry no information
 
@@ -330,23 +324,8 @@ def agreement(a_raw: np.ndarray, b_raw: np.ndarray, kind_a: str = "logits", kind
 
 # --------------------------------------------------------------------------- files in, answers out
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def image_files(folder: Path, problems: list[tuple[str, str]]) -> list[Path]:
-    """Regular files with an image suffix under ``folder``, sorted; each folder that cannot be
-    listed is added to ``problems`` (never skipped silently)."""
-    found = []
-
-    def unreadable(e: OSError) -> None:
-        problems.append((e.filename or str(folder), f"cannot list folder ({e.strerror or e})"))
-
-    for dirpath, _dirs, names in os.walk(folder, onerror=unreadable):
-        for name in names:
-            f = Path(dirpath, name)
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():  # is_file: FIFOs and devices are not
-                found.append(f)
-    return sorted(found)
 
 
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -28,7 +28,8 @@ from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
 from .specs import Preprocess, get_spec
-from .weights import _import_torch, atomic_write, init_weights, resolve_weights, save_weights, weights_digest
+from ._io import atomic_write, import_torch
+from .weights import init_weights, resolve_weights, save_weights, weights_digest
 
 __all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
 
@@ -82,7 +83,7 @@ class TrainConfig:
 def _images(folder: Path, *, required: bool = True) -> list[Path]:
     """The images of one class folder; an unreadable subfolder, or an empty class when
     ``required`` (training), is an error: a class without images would silently widen the head."""
-    from .runtime import image_files
+    from ._io import image_files
 
     problems: list[tuple[str, str]] = []
     found = image_files(folder, problems)
@@ -333,7 +334,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     second Ctrl-C stops at once, discarding that step (docs/limits.md). Unreadable images are
     skipped and listed in ``RUN/skipped_images.json``.
     """
-    torch = _import_torch("training")
+    torch = import_torch("training")
 
     from .torch_models import ShuffleNet
 

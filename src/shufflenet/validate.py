@@ -19,7 +19,7 @@ from .bundle import (BundleError, find_test_sets, is_archive, load_model_checked
                      safe_extract, write_bundle)
 from .onnx_export import export_onnx
 from .preprocess import preprocess_pil
-from .onnx_legacy import model_opset
+from ._onnx import model_opset
 from .runtime import Runner
 from .specs import get_spec
 from .synthetic import synthetic_images
@@ -178,9 +178,9 @@ def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     fixed = dim0.dim_value if dim0.HasField("dim_value") else None
     name = name or f"{variant}-{model_opset(model)}"
-    from .runtime import _model_info
+    from .runtime import model_info
 
-    inputs = test_inputs(variant, test_data, batch=fixed, seed=seed, recipe=_model_info(model)[0])
+    inputs = test_inputs(variant, test_data, batch=fixed, seed=seed, recipe=model_info(model)[0])
     sets, reference = expected_outputs(variant, model, inputs)
     folder = write_bundle(model, out_dir, name, sets, model_file=model_file, legacy_npz=legacy_npz,
                           metadata={"expected_outputs": reference, "variant": variant})
@@ -255,7 +255,7 @@ def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, bat
                      absorb_shuffle: bool = False, pad_channels: int | None = None) -> onnx.ModelProto:
     """The ``--via torch`` path: build the PyTorch module, torch.onnx.export it, clean the graph."""
     from .onnx_clean import clean_graph
-    from .onnx_export import ExportError, _set_metadata
+    from .onnx_export import ExportError, set_metadata
     from .torch_models import build_model, export_via_torch as _torch_export
 
     if keep_batchnorm:
@@ -278,7 +278,7 @@ def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, bat
         recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
     if labels is None and module.weights_source.labels is not None:
         labels = list(module.weights_source.labels)
-    _set_metadata(model, spec, module.weights_source, opset, False, module.graph.num_classes, labels, recipe)
+    set_metadata(model, spec, module.weights_source, opset, False, module.graph.num_classes, labels, recipe)
     return model
 
 
@@ -287,7 +287,7 @@ def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, ta
     """What ``shufflenet export`` does: a .onnx at ``output``, or with ``test_data`` a bundle
     folder ``<output>/<name>/`` (and ``<output>/<name>.tar.gz`` with ``tar``). Returns a summary."""
     from .onnx_export import save_model
-    from .weights import sha256_file
+    from ._io import sha256_file
 
     if tar and not test_data:
         raise BundleError("--tar packs a bundle: give --test-data K as well")

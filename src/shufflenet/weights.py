@@ -15,7 +15,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ._calibrate import calibrate
+from ._io import atomic_write, import_torch, sha256_file  # noqa: F401  (re-exported: old import path)
 from ._safeio import json_loads, read_capped, read_text, regular_file
-from .errors import MissingDependencyError, UnsafeFileError, WeightsError, install_hint
+from .errors import MissingDependencyError, UnsafeFileError, WeightsError
 from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES
 from .specs import Graph, VariantSpec, default_artifact, get_spec, list_variants
 
@@ -189,12 +189,6 @@ def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- files
@@ -240,27 +234,12 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike,
         elif suffix == ".safetensors":
             tmp.write_bytes(_safetensors_bytes(arrays, metadata))
         else:
-            torch = _import_torch("writing .pth files")
+            torch = import_torch("writing .pth files")
             torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
 
     return atomic_write(path, write)
 
 
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        mask = os.umask(0)  # mkstemp makes 0600; a finished file gets the usual permissions
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _load_npz(path: Path) -> Weights:
@@ -347,12 +326,6 @@ def _safetensors_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, 
     return struct.pack("<Q", len(head)) + head + b"".join(blobs)
 
 
-def _import_torch(why: str):
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError(f"{why} needs PyTorch: {install_hint('torch')}") from None
-    return torch
 
 
 def _load_torch(path: Path) -> Weights:

@@ -31,11 +31,11 @@ import onnx
 
 from .errors import ShuffleNetError
 from .onnx_export import DEFAULT_OPSET, export_onnx, save_model
-from .onnx_legacy import model_opset
+from ._onnx import model_opset
 from .quantize import QuantizeOptions, quantize
 from .specs import get_spec, list_variants
 from .validate import export_bundle, validate
-from .weights import atomic_write, sha256_file
+from ._io import atomic_write, sha256_file
 
 __all__ = ["ZooError", "Artifact", "plan", "build", "onnx_release", "manifest_entry"]
 
