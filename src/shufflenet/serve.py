@@ -23,12 +23,17 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import MissingDependencyError, ShuffleNetError
+
+if TYPE_CHECKING:  # the serve extra is imported only when an app is built
+    from starlette.requests import Request
 
 __all__ = ["ServeOptions", "ServeError", "create_app", "load_models", "model_name", "run", "serve"]
 
@@ -321,25 +326,41 @@ _DTYPES = {"FP32": "<f4"}  # the models' input; anything else is refused, never 
 
 def _parse_infer(body: bytes, header_length: str | None, model: _Model) -> tuple[dict, np.ndarray]:
     """An infer request body (JSON, or JSON + binary tensors) -> (request JSON, NCHW float32)."""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise _HTTPError(400, f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
-        if not 0 < n <= len(body):
-            raise _HTTPError(400, f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes")
-        head, binary = body[:n], memoryview(body)[n:]
-    else:
-        head, binary = body, memoryview(b"")
+    head, binary = _split_body(body, header_length)
+    req = _request_json(head)
+    tensor = _input_tensor(req, model)
+    return req, _tensor_values(tensor, binary).reshape(tensor["shape"])
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, the binary tensor data after it): the binary extension's
+    Inference-Header-Content-Length says where the JSON ends; without it all is JSON."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise _HTTPError(400, f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if not 0 < n <= len(body):
+        raise _HTTPError(400, f"Inference-Header-Content-Length {n} does not fit a body of {len(body)} bytes")
+    return body[:n], memoryview(body)[n:]
+
+
+def _request_json(head: bytes) -> dict:
+    """The request's JSON: an object with an 'inputs' list and, if any, a 'parameters' object."""
     try:
         req = json.loads(head)
     except (ValueError, UnicodeDecodeError) as e:
         raise _HTTPError(400, f"the request is not valid JSON ({e})") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
         raise _HTTPError(400, "an inference request is a JSON object with an 'inputs' list")
-    for key in ("parameters",):
-        if key in req and not isinstance(req[key], dict):
-            raise _HTTPError(400, f"'{key}' must be an object")
+    if "parameters" in req and not isinstance(req["parameters"], dict):
+        raise _HTTPError(400, "'parameters' must be an object")
+    return req
+
+
+def _input_tensor(req: dict, model: _Model) -> dict:
+    """The request's one input, its name, datatype and shape checked against the model's."""
     if len(req["inputs"]) != 1:
         raise _HTTPError(400, f"model {model.name!r} takes one input ({model.clf.input_name!r}), "
                               f"got {len(req['inputs'])}")
@@ -356,32 +377,48 @@ def _parse_infer(body: bytes, header_length: str | None, model: _Model) -> tuple
             or shape[0] < 1 or shape[1:] != want[1:]):
         raise _HTTPError(400, f"input {name!r} must have shape [N, {', '.join(map(str, want[1:]))}] "
                               f"with N >= 1, got {shape!r}")
-    count = int(np.prod(shape))
+    return tensor
+
+
+def _tensor_values(tensor: dict, binary: memoryview) -> np.ndarray:
+    """The checked input's values, flat: from the binary data after the JSON when the input
+    gives binary_data_size, else from its JSON 'data'."""
     params = tensor.get("parameters") or {}
     if not isinstance(params, dict):
         raise _HTTPError(400, "input 'parameters' must be an object")
     size = params.get("binary_data_size")
     if size is not None:
-        if "data" in tensor:
-            raise _HTTPError(400, f"input {name!r} has both 'data' and binary_data_size")
-        if type(size) is not int or size != len(binary):
-            raise _HTTPError(400, f"input {name!r}: binary_data_size {size!r} but {len(binary)} bytes follow the JSON")
-        if size != count * 4:
-            raise _HTTPError(400, f"input {name!r}: {size} bytes of binary data for shape {shape} "
-                                  f"(FP32 needs {count * 4})")
-        array = np.frombuffer(binary, dtype=_DTYPES[dtype]).astype(np.float32)
-    else:
-        if len(binary):
-            raise _HTTPError(400, f"{len(binary)} bytes follow the JSON but no input has binary_data_size")
-        if "data" not in tensor:
-            raise _HTTPError(400, f"input {name!r} has neither 'data' nor binary_data_size")
-        try:
-            array = np.asarray(tensor["data"], dtype=np.float32)
-        except (ValueError, TypeError):
-            raise _HTTPError(400, f"input {name!r}: 'data' must be numbers (flat or nested row-major)") from None
-        if array.size != count:
-            raise _HTTPError(400, f"input {name!r}: {array.size} values for shape {shape} ({count} needed)")
-    return req, array.reshape(shape)
+        return _binary_values(tensor, size, binary)
+    return _json_values(tensor, binary)
+
+
+def _binary_values(tensor: dict, size, binary: memoryview) -> np.ndarray:
+    name, shape = tensor["name"], tensor["shape"]
+    count = int(np.prod(shape))
+    if "data" in tensor:
+        raise _HTTPError(400, f"input {name!r} has both 'data' and binary_data_size")
+    if type(size) is not int or size != len(binary):
+        raise _HTTPError(400, f"input {name!r}: binary_data_size {size!r} but {len(binary)} bytes follow the JSON")
+    if size != count * 4:
+        raise _HTTPError(400, f"input {name!r}: {size} bytes of binary data for shape {shape} "
+                              f"(FP32 needs {count * 4})")
+    return np.frombuffer(binary, dtype=_DTYPES[tensor["datatype"]]).astype(np.float32)
+
+
+def _json_values(tensor: dict, binary: memoryview) -> np.ndarray:
+    name, shape = tensor["name"], tensor["shape"]
+    count = int(np.prod(shape))
+    if len(binary):
+        raise _HTTPError(400, f"{len(binary)} bytes follow the JSON but no input has binary_data_size")
+    if "data" not in tensor:
+        raise _HTTPError(400, f"input {name!r} has neither 'data' nor binary_data_size")
+    try:
+        array = np.asarray(tensor["data"], dtype=np.float32)
+    except (ValueError, TypeError):
+        raise _HTTPError(400, f"input {name!r}: 'data' must be numbers (flat or nested row-major)") from None
+    if array.size != count:
+        raise _HTTPError(400, f"input {name!r}: {array.size} values for shape {shape} ({count} needed)")
+    return array
 
 
 def _wanted_outputs(req: dict, model: _Model) -> bool:
@@ -464,67 +501,174 @@ def create_app(models, *, options: ServeOptions | None = None,
     _require_extra()
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, Response
-    from starlette.routing import Route
-
-    from . import __version__
-    from .runtime import Classifier
 
     if options is not None and option_values:
         raise ServeError("give options=ServeOptions(...) or keyword options, not both")
     opts = options or ServeOptions(**option_values)
+    server = _Server(_classifiers(models, opts), opts, on_ready)
+    app = Starlette(routes=server.routes(), lifespan=server.lifespan,
+                    exception_handlers={HTTPException: server.http_error})
+    app.state.shufflenet = server.served  # {name: served model}, for embedding and tests
+    app.state.options = opts
+    return app
+
+
+def _classifiers(models, opts: ServeOptions) -> dict:
+    """create_app's ``models`` -> {name: Classifier}, loading the ones given by name or path."""
+    from .runtime import Classifier
+
     if isinstance(models, Mapping):
-        loaded = {}
-        for name, m in models.items():
-            if not _NAME.match(str(name)):
-                raise ServeError(f"model name {name!r} cannot be used in a URL")
-            loaded[str(name)] = m if isinstance(m, Classifier) else load_models([m], threads=opts.threads)[model_name(m)]
+        loaded = _named_classifiers(models, opts)
     else:
         items = [models] if isinstance(models, (str, os.PathLike, Classifier)) else list(models)
-        loaded = {}
-        for m in items:
-            if isinstance(m, Classifier):
-                # "shufflenet_v2_x1_0 (torchvision weights)" -> "shufflenet_v2_x1_0"
-                name = model_name(m.source.split(" (")[0]) if m.source != "<in-memory model>" else f"model{len(loaded)}"
-                if not _NAME.match(name):
-                    raise ServeError(f"model name {name!r} cannot be used in a URL; pass {{name: classifier}}")
-                if name in loaded:
-                    raise ServeError(f"two models are named {name!r}; pass a dict of names")
-                loaded[name] = m
-            else:
-                for name, clf in load_models([m], threads=opts.threads).items():
-                    if name in loaded:
-                        raise ServeError(f"two models are named {name!r}; give one as NAME=MODEL")
-                    loaded[name] = clf
+        loaded = _listed_classifiers(items, opts)
     if not loaded:
         raise ServeError("no model to serve")
+    return loaded
 
-    metrics = _Metrics()
-    served = {name: _Model(name, clf, opts, metrics) for name, clf in loaded.items()}
-    pool = ThreadPoolExecutor(opts.decode_workers or os.cpu_count() or 1, thread_name_prefix="shufflenet-decode")
-    state = {"started": False, "ready": False, "warm_task": None}
 
-    async def ensure_started() -> None:
+def _named_classifiers(models: Mapping, opts: ServeOptions) -> dict:
+    from .runtime import Classifier
+
+    loaded = {}
+    for name, m in models.items():
+        if not _NAME.match(str(name)):
+            raise ServeError(f"model name {name!r} cannot be used in a URL")
+        loaded[str(name)] = m if isinstance(m, Classifier) else load_models([m], threads=opts.threads)[model_name(m)]
+    return loaded
+
+
+def _listed_classifiers(items: list, opts: ServeOptions) -> dict:
+    """Classifiers named by their source; model specs loaded (``NAME=SPEC`` or their own name)."""
+    from .runtime import Classifier
+
+    loaded = {}
+    for m in items:
+        if isinstance(m, Classifier):
+            # "shufflenet_v2_x1_0 (torchvision weights)" -> "shufflenet_v2_x1_0"
+            name = model_name(m.source.split(" (")[0]) if m.source != "<in-memory model>" else f"model{len(loaded)}"
+            if not _NAME.match(name):
+                raise ServeError(f"model name {name!r} cannot be used in a URL; pass {{name: classifier}}")
+            if name in loaded:
+                raise ServeError(f"two models are named {name!r}; pass a dict of names")
+            loaded[name] = m
+        else:
+            for name, clf in load_models([m], threads=opts.threads).items():
+                if name in loaded:
+                    raise ServeError(f"two models are named {name!r}; give one as NAME=MODEL")
+                loaded[name] = clf
+    return loaded
+
+
+def _json(content, status: int = 200, headers: Mapping[str, str] | None = None):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(content, status, headers=headers)
+
+
+class _Server:
+    """One app's state (the served models, their metrics, the decode pool, the options) and its
+    route handlers. Handlers raise _HTTPError; :meth:`_endpoint` turns it into a JSON error body."""
+
+    def __init__(self, loaded: dict, opts: ServeOptions, on_ready: Callable[[], None] | None) -> None:
+        self.opts, self.on_ready = opts, on_ready
+        self.metrics = _Metrics()
+        self.served = {name: _Model(name, clf, opts, self.metrics) for name, clf in loaded.items()}
+        self.pool = ThreadPoolExecutor(opts.decode_workers or os.cpu_count() or 1,
+                                       thread_name_prefix="shufflenet-decode")
+        self.started = False
+        self.ready = False  # every model warmed
+        self.warm_task: asyncio.Task | None = None
+
+    def routes(self) -> list:
+        from starlette.routing import Route
+
+        e = self._endpoint
+        classify = e("classify", self.classify)
+        routes = [
+            Route("/", e("page", self.page), methods=["GET"]),
+            Route("/metrics", e("metrics", self.metrics_text), methods=["GET"]),
+            Route("/v2", e("server", self.server_metadata), methods=["GET"]),
+            Route("/v2/health/live", e("health", self.health_live), methods=["GET"]),
+            Route("/v2/health/ready", e("health", self.health_ready), methods=["GET"]),
+            Route("/v1/models", e("models", self.list_models), methods=["GET"]),
+            Route("/v1/classify", classify, methods=["POST"]),
+            Route("/v1/models/{name}/classify", classify, methods=["POST"]),
+        ]
+        metadata, ready, infer = e("metadata", self.model_metadata), e("ready", self.model_ready), e("infer", self.infer)
+        for suffix in ("", "/versions/{version}"):
+            routes += [Route(f"/v2/models/{{name}}{suffix}", metadata, methods=["GET"]),
+                       Route(f"/v2/models/{{name}}{suffix}/ready", ready, methods=["GET"]),
+                       Route(f"/v2/models/{{name}}{suffix}/infer", infer, methods=["POST"])]
+        return routes
+
+    # ---- lifecycle
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        await self.ensure_started()
+        try:
+            yield
+        finally:
+            if self.warm_task is not None and not self.warm_task.done():
+                await self.warm_task
+            for m in self.served.values():
+                await m.stop()
+            self.pool.shutdown(wait=True)
+
+    async def ensure_started(self) -> None:
         """Batchers and warm-up start with the lifespan, or on the first request when the app
         is mounted somewhere that does not run sub-app lifespans."""
-        if state["started"]:
+        if self.started:
             return
-        state["started"] = True
-        for m in served.values():
+        self.started = True
+        for m in self.served.values():
             m.start()
-        state["warm_task"] = asyncio.get_running_loop().create_task(warm_all())
+        self.warm_task = asyncio.get_running_loop().create_task(self._warm_all())
 
-    async def warm_all() -> None:
+    async def _warm_all(self) -> None:
         loop = asyncio.get_running_loop()
-        for m in served.values():
+        for m in self.served.values():
             await loop.run_in_executor(m.executor, m.warm)
             m.ready = True
-        state["ready"] = True
-        if on_ready is not None:
-            on_ready()
+        self.ready = True
+        if self.on_ready is not None:
+            self.on_ready()
 
-    def lookup(request: Request) -> _Model:
+    # ---- what every handler shares
+
+    def _endpoint(self, label: str, fn):
+        """``fn`` as a route handler: typed errors become JSON error bodies; metrics by model and status."""
+        async def handler(request: Request):
+            await self.ensure_started()
+            model_label = self._model_label(request, label)
+            t0 = time.perf_counter()
+            self.metrics.in_flight.inc()
+            try:
+                response = await fn(request)
+            except _HTTPError as e:
+                response = _json({"error": e.message}, e.status, headers=e.headers)
+            finally:
+                self.metrics.in_flight.dec()
+            self.metrics.requests.labels(model_label, label, str(response.status_code)).inc()
+            if model_label and model_label != "<unknown>":
+                self.metrics.latency.labels(model_label, label).observe(time.perf_counter() - t0)
+            return response
+        return handler
+
+    def _model_label(self, request: Request, label: str) -> str:
+        """The request's model as a metrics label: bounded values, never a client's made-up name."""
+        name = request.path_params.get("name")
+        if name is not None:
+            return name if name in self.served else "<unknown>"
+        return next(iter(self.served)) if label == "classify" and len(self.served) == 1 else ""
+
+    async def http_error(self, request, exc):
+        """Starlette's own errors (no route, wrong method) as the same JSON error bodies."""
+        return _json({"error": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
+
+    def lookup(self, request: Request) -> _Model:
+        served = self.served
         name = request.path_params.get("name")
         if name is None:  # /v1/classify: only when one model is served
             if len(served) != 1:
@@ -538,33 +682,22 @@ def create_app(models, *, options: ServeOptions | None = None,
             raise _HTTPError(404, f"model {name!r} has no version {version!r}; it has {API_VERSION!r}")
         return served[name]
 
-    def endpoint(label: str):
-        """Wraps a handler: typed errors become JSON error bodies; metrics by model and status."""
-        def wrap(fn):
-            async def handler(request: Request):
-                await ensure_started()
-                name = request.path_params.get("name")
-                if name is not None:
-                    model_label = name if name in served else "<unknown>"  # bounded label values
-                else:
-                    model_label = next(iter(served)) if label == "classify" and len(served) == 1 else ""
-                t0 = time.perf_counter()
-                metrics.in_flight.inc()
-                try:
-                    response = await fn(request)
-                except _HTTPError as e:
-                    response = JSONResponse({"error": e.message}, e.status, headers=e.headers)
-                finally:
-                    metrics.in_flight.dec()
-                metrics.requests.labels(model_label, label, str(response.status_code)).inc()
-                if model_label and model_label != "<unknown>":
-                    metrics.latency.labels(model_label, label).observe(time.perf_counter() - t0)
-                return response
-            return handler
-        return wrap
+    def _require_ready(self, m: _Model) -> None:
+        if not m.ready:
+            raise _HTTPError(503, f"model {m.name!r} is still loading", {"Retry-After": str(self.opts.retry_after_s)})
 
-    async def read_body(request: Request) -> bytes:
-        limit = opts.max_body_bytes
+    async def read_body(self, request: Request) -> bytes:
+        """The body, at most ``max_body_mb`` of it (413 beyond), gzip/deflate decoded."""
+        body = await self._read_bounded(request)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "deflate"):
+            return await self.in_pool(_inflate, body, encoding, self.opts.max_body_bytes)
+        if encoding not in ("", "identity"):
+            raise _HTTPError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
+        return body
+
+    async def _read_bounded(self, request: Request) -> bytes:
+        limit = self.opts.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and not declared.isdigit():
             raise _HTTPError(400, f"bad Content-Length {declared!r}")
@@ -584,175 +717,138 @@ def create_app(models, *, options: ServeOptions | None = None,
         if too_big:
             raise _HTTPError(413, f"the body is {max(size, int(declared or 0)):,} bytes or more; the limit is "
                                   f"{limit:,} (--max-body-mb)")
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "deflate"):
-            return await asyncio.get_running_loop().run_in_executor(pool, _inflate, body, encoding, limit)
-        if encoding not in ("", "identity"):
-            raise _HTTPError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
-        return body
+        return b"".join(chunks)
 
-    def deadline_for(t0: float, asked_us=None) -> float:
-        seconds = opts.timeout_ms / 1000
+    def deadline_for(self, t0: float, asked_us=None) -> float:
+        seconds = self.opts.timeout_ms / 1000
         if asked_us is not None:
             if type(asked_us) not in (int, float) or asked_us <= 0:
                 raise _HTTPError(400, f"parameter 'timeout' must be a positive number of microseconds, got {asked_us!r}")
             seconds = min(seconds, asked_us / 1e6)
         return t0 + seconds
 
-    async def in_pool(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    async def in_pool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     # ---- KServe v2
 
-    @endpoint("health")
-    async def live(request: Request):
-        return JSONResponse({"live": True})
+    async def health_live(self, request: Request):
+        return _json({"live": True})
 
-    @endpoint("health")
-    async def ready(request: Request):
-        return JSONResponse({"ready": state["ready"]}, 200 if state["ready"] else 503)
+    async def health_ready(self, request: Request):
+        return _json({"ready": self.ready}, 200 if self.ready else 503)
 
-    @endpoint("server")
-    async def server_metadata(request: Request):
-        return JSONResponse({"name": "shufflenet", "version": __version__, "extensions": ["binary_tensor_data"]})
+    async def server_metadata(self, request: Request):
+        from . import __version__
 
-    @endpoint("metadata")
-    async def model_metadata(request: Request):
-        return JSONResponse(lookup(request).metadata())
+        return _json({"name": "shufflenet", "version": __version__, "extensions": ["binary_tensor_data"]})
 
-    @endpoint("ready")
-    async def model_ready(request: Request):
-        m = lookup(request)
-        return JSONResponse({"name": m.name, "ready": m.ready}, 200 if m.ready else 503)
+    async def model_metadata(self, request: Request):
+        return _json(self.lookup(request).metadata())
 
-    @endpoint("infer")
-    async def infer(request: Request):
+    async def model_ready(self, request: Request):
+        m = self.lookup(request)
+        return _json({"name": m.name, "ready": m.ready}, 200 if m.ready else 503)
+
+    async def infer(self, request: Request):
+        from starlette.responses import Response
+
         t0 = time.perf_counter()
-        m = lookup(request)
-        if not m.ready:
-            raise _HTTPError(503, f"model {m.name!r} is still loading", {"Retry-After": str(opts.retry_after_s)})
-        body = await read_body(request)
-        req, rows = await in_pool(_parse_infer, body, request.headers.get("inference-header-content-length"), m)
+        m = self.lookup(request)
+        self._require_ready(m)
+        body = await self.read_body(request)
+        req, rows = await self.in_pool(_parse_infer, body, request.headers.get("inference-header-content-length"), m)
         binary = _wanted_outputs(req, m)
-        deadline = deadline_for(t0, (req.get("parameters") or {}).get("timeout"))
-        metrics.stage.labels(m.name, "decode").observe(time.perf_counter() - t0)
+        deadline = self.deadline_for(t0, (req.get("parameters") or {}).get("timeout"))
+        self.metrics.stage.labels(m.name, "decode").observe(time.perf_counter() - t0)
         raw = await m.submit(rows, deadline)
         t1 = time.perf_counter()
-        content, headers = await in_pool(_encode_infer, req, m, raw, binary)  # JSON text is not free
-        metrics.stage.labels(m.name, "encode").observe(time.perf_counter() - t1)
+        content, headers = await self.in_pool(_encode_infer, req, m, raw, binary)  # JSON text is not free
+        self.metrics.stage.labels(m.name, "encode").observe(time.perf_counter() - t1)
         media = headers.pop("Content-Type")
         return Response(content, 200, headers=headers, media_type=media)
 
     # ---- images in, labels out
 
-    @endpoint("classify")
-    async def classify(request: Request):
+    async def classify(self, request: Request):
         t0 = time.perf_counter()
-        m = lookup(request)
-        top_text = request.query_params.get("top", str(opts.top))
-        if not top_text.isdigit() or not 1 <= int(top_text) <= (m.clf.num_classes or 10**6):
-            raise _HTTPError(400, f"top must be an integer from 1 to {m.clf.num_classes}, got {top_text!r}")
-        if not m.ready:
-            raise _HTTPError(503, f"model {m.name!r} is still loading", {"Retry-After": str(opts.retry_after_s)})
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in IMAGE_TYPES and ctype not in ("", "multipart/form-data"):
-            raise _HTTPError(415, f"Content-Type {ctype!r} is not an image; send the image bytes "
-                                  f"({', '.join(IMAGE_TYPES)}) or multipart/form-data with a 'file' field")
-        body = await read_body(request)
-        data = await _multipart_file(request, body) if ctype == "multipart/form-data" else body
-        if not data:
-            raise _HTTPError(400, "the body is empty; send the image bytes")
-        deadline = deadline_for(t0)
-        rows = await in_pool(_decode_image, m, data)
-        metrics.stage.labels(m.name, "decode").observe(time.perf_counter() - t0)
+        m = self.lookup(request)
+        top = self._top(request, m)
+        self._require_ready(m)
+        data = await self._image_bytes(request)
+        deadline = self.deadline_for(t0)
+        rows = await self.in_pool(_decode_image, m, data)
+        self.metrics.stage.labels(m.name, "decode").observe(time.perf_counter() - t0)
         if time.perf_counter() > deadline:
             raise _HTTPError(504, "the request passed its deadline while decoding")
         raw = await m.submit(rows, deadline)
         t1 = time.perf_counter()
-        preds = m.clf.top(m.clf.probabilities_from(raw), int(top_text))[0]
+        preds = m.clf.top(m.clf.probabilities_from(raw), top)[0]
         answer = {"model": m.name, "source": m.source, "output_kind": m.clf.output_kind,
                   "preprocessing": m.preprocessing(),
                   "predictions": [{"index": p.index, "label": p.label, "probability": p.probability} for p in preds]}
-        response = JSONResponse(answer)
-        metrics.stage.labels(m.name, "encode").observe(time.perf_counter() - t1)
+        response = _json(answer)
+        self.metrics.stage.labels(m.name, "encode").observe(time.perf_counter() - t1)
         return response
 
-    async def _multipart_file(request: Request, body: bytes) -> bytes:
-        from starlette.formparsers import MultiPartException, MultiPartParser
+    def _top(self, request: Request, m: _Model) -> int:
+        top_text = request.query_params.get("top", str(self.opts.top))
+        if not top_text.isdigit() or not 1 <= int(top_text) <= (m.clf.num_classes or 10**6):
+            raise _HTTPError(400, f"top must be an integer from 1 to {m.clf.num_classes}, got {top_text!r}")
+        return int(top_text)
 
-        async def stream():
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=8).parse()
-        except MultiPartException as e:
-            raise _HTTPError(400, f"bad multipart body: {e.message}") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise _HTTPError(400, "the multipart body needs a 'file' field holding the image")
-        part_type = (upload.content_type or "").split(";")[0].strip().lower()
-        if part_type and part_type not in IMAGE_TYPES:
-            await form.close()
-            raise _HTTPError(415, f"the 'file' part is {part_type!r}, not an image")
-        data = await upload.read()
-        await form.close()
+    async def _image_bytes(self, request: Request) -> bytes:
+        """The image: the body itself, or the 'file' part of a multipart/form-data body."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in IMAGE_TYPES and ctype not in ("", "multipart/form-data"):
+            raise _HTTPError(415, f"Content-Type {ctype!r} is not an image; send the image bytes "
+                                  f"({', '.join(IMAGE_TYPES)}) or multipart/form-data with a 'file' field")
+        body = await self.read_body(request)
+        data = await _multipart_file(request, body) if ctype == "multipart/form-data" else body
+        if not data:
+            raise _HTTPError(400, "the body is empty; send the image bytes")
         return data
 
-    @endpoint("models")
-    async def list_models(request: Request):
-        return JSONResponse({"models": [
+    async def list_models(self, request: Request):
+        return _json({"models": [
             {"name": m.name, "ready": m.ready, "source": m.source, "output_kind": m.clf.output_kind,
-             "num_classes": m.clf.num_classes, "preprocessing": m.preprocessing()} for m in served.values()]})
+             "num_classes": m.clf.num_classes, "preprocessing": m.preprocessing()} for m in self.served.values()]})
 
-    @endpoint("metrics")
-    async def metrics_endpoint(request: Request):
+    async def metrics_text(self, request: Request):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
 
-        return Response(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @endpoint("page")
-    async def page(request: Request):
+    async def page(self, request: Request):
         from importlib import resources
+
+        from starlette.responses import HTMLResponse
 
         return HTMLResponse(resources.files("shufflenet").joinpath("data/serve.html").read_text("utf-8"))
 
-    async def http_error(request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
 
-    from contextlib import asynccontextmanager
+async def _multipart_file(request: Request, body: bytes) -> bytes:
+    """The 'file' field of a multipart/form-data body (already read, within the body limit)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
 
-    @asynccontextmanager
-    async def lifespan(app):
-        await ensure_started()
-        try:
-            yield
-        finally:
-            if state["warm_task"] is not None and not state["warm_task"].done():
-                await state["warm_task"]
-            for m in served.values():
-                await m.stop()
-            pool.shutdown(wait=True)
+    async def stream():
+        yield body
 
-    v = "/versions/{version}"
-    routes = [
-        Route("/", page, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/classify", classify, methods=["POST"]),
-        Route("/v1/models/{name}/classify", classify, methods=["POST"]),
-    ]
-    for suffix in ("", v):
-        routes += [Route(f"/v2/models/{{name}}{suffix}", model_metadata, methods=["GET"]),
-                   Route(f"/v2/models/{{name}}{suffix}/ready", model_ready, methods=["GET"]),
-                   Route(f"/v2/models/{{name}}{suffix}/infer", infer, methods=["POST"])]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    app.state.shufflenet = served  # {name: served model}, for embedding and tests
-    app.state.options = opts
-    return app
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=8).parse()
+    except MultiPartException as e:
+        raise _HTTPError(400, f"bad multipart body: {e.message}") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise _HTTPError(400, "the multipart body needs a 'file' field holding the image")
+    part_type = (upload.content_type or "").split(";")[0].strip().lower()
+    if part_type and part_type not in IMAGE_TYPES:
+        await form.close()
+        raise _HTTPError(415, f"the 'file' part is {part_type!r}, not an image")
+    data = await upload.read()
+    await form.close()
+    return data
 
 
 # --------------------------------------------------------------------------- running it
