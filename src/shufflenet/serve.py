@@ -229,55 +229,66 @@ class _Model:
             raise _HTTPError(504, f"the request passed its deadline waiting for model {self.name!r}") from None
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        delay = self.opts.max_delay_ms / 1000
         while True:
-            while not self.queue:
-                self._wake.clear()
-                await self._wake.wait()
-            # gather: until max_batch rows wait or the first request has waited max_delay
-            until = self.queue[0].enqueued + delay
-            while self.rows_waiting < self.opts.max_batch and (left := until - time.perf_counter()) > 0:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), left)
-                except TimeoutError:
-                    break
-            batch, rows = [], 0
-            now = time.perf_counter()
-            while self.queue and (not batch or rows + len(self.queue[0].rows) <= self.opts.max_batch):
-                item = self.queue.popleft()
-                self.rows_waiting -= len(item.rows)
-                if item.future.done():
-                    continue  # its client gave up (deadline)
-                if now > item.deadline:
-                    item.future.set_exception(_HTTPError(504, "the request passed its deadline in the queue"))
-                    continue
-                batch.append(item)
-                rows += len(item.rows)
-                self.metrics.stage.labels(self.name, "queue").observe(now - item.enqueued)
-            self.metrics.queue_depth.labels(self.name).set(self.rows_waiting)
-            if not batch:
-                continue
-            self.metrics.batch_size.labels(self.name).observe(rows)
-            t0 = time.perf_counter()
+            await self._gather()
+            batch, rows = self._take_batch()
+            if batch:
+                await self._run_batch(batch, rows)
+
+    async def _gather(self) -> None:
+        """Wait for a request, then until max_batch rows wait or the first one has waited max_delay."""
+        while not self.queue:
+            self._wake.clear()
+            await self._wake.wait()
+        until = self.queue[0].enqueued + self.opts.max_delay_ms / 1000
+        while self.rows_waiting < self.opts.max_batch and (left := until - time.perf_counter()) > 0:
+            self._wake.clear()
             try:
-                results = await loop.run_in_executor(self.executor, self._run, [i.rows for i in batch])
-            except asyncio.CancelledError:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(_HTTPError(503, "the server is shutting down"))
-                raise
-            except Exception as e:  # never let one batch end the batcher
-                results = [_HTTPError(500, f"model {self.name!r} failed: {type(e).__name__}: {e}")] * len(batch)
-            self.metrics.stage.labels(self.name, "model").observe(time.perf_counter() - t0)
-            for item, result in zip(batch, results):
-                if item.future.done():
-                    continue
-                if isinstance(result, Exception):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                break
+
+    def _take_batch(self) -> tuple[list[_Item], int]:
+        """(requests, rows) off the queue for one run, at most max_batch rows (a larger request
+        runs alone); requests whose client gave up or whose deadline passed are dropped."""
+        batch, rows = [], 0
+        now = time.perf_counter()
+        while self.queue and (not batch or rows + len(self.queue[0].rows) <= self.opts.max_batch):
+            item = self.queue.popleft()
+            self.rows_waiting -= len(item.rows)
+            if item.future.done():
+                continue  # its client gave up (deadline)
+            if now > item.deadline:
+                item.future.set_exception(_HTTPError(504, "the request passed its deadline in the queue"))
+                continue
+            batch.append(item)
+            rows += len(item.rows)
+            self.metrics.stage.labels(self.name, "queue").observe(now - item.enqueued)
+        self.metrics.queue_depth.labels(self.name).set(self.rows_waiting)
+        return batch, rows
+
+    async def _run_batch(self, batch: list[_Item], rows: int) -> None:
+        """One model run on the model's thread; each request gets its rows or its error."""
+        self.metrics.batch_size.labels(self.name).observe(rows)
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._run,
+                                                                       [i.rows for i in batch])
+        except asyncio.CancelledError:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(_HTTPError(503, "the server is shutting down"))
+            raise
+        except Exception as e:  # never let one batch end the batcher
+            results = [_HTTPError(500, f"model {self.name!r} failed: {type(e).__name__}: {e}")] * len(batch)
+        self.metrics.stage.labels(self.name, "model").observe(time.perf_counter() - t0)
+        for item, result in zip(batch, results):
+            if item.future.done():
+                continue
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
 
     def _run(self, parts: list[np.ndarray]) -> list:
         """One model run for the batch; if it fails, each request alone, so one bad request
