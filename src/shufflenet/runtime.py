@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -61,7 +63,6 @@ class Runner:
             return self._session.run(None, dict(feeds))
         except Exception as e:
             raise ModelRunError(f"running the model failed: {one_line(e, line='last')}") from None
-
 
     def outputs(self, data: np.ndarray, *, step: int = 32) -> np.ndarray:
         """The first output for a batch of any length: run ``step`` rows at a time (the model's
@@ -325,9 +326,6 @@ def agreement(a_raw: np.ndarray, b_raw: np.ndarray, kind_a: str = "logits", kind
 # --------------------------------------------------------------------------- files in, answers out
 
 
-
-
-
 def expand_inputs(items: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders (recursively, image suffixes only) and globs -> (files, [(item, reason)]).
 
@@ -380,78 +378,105 @@ def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_siz
     A file that cannot be read gets ``error`` (the reason) and the others go on. ``timings``, when
     given, accumulates seconds spent in "decode", "preprocess" (summed over workers) and "inference".
     """
-    import time
     from concurrent.futures import ThreadPoolExecutor
-
-    from .preprocess import ImageError
-
-    def load(p: Path):
-        t0 = time.perf_counter()
-        try:
-            img = clf.decode(p)
-            t1 = time.perf_counter()
-            return clf.prepare(img), None, t1 - t0, time.perf_counter() - t1
-        except ImageError as e:
-            msg = str(e)
-            return None, msg if msg.startswith(str(p)) else f"{p}: {msg}", 0.0, 0.0
-        except Exception as e:  # an unexpected decoder failure is still one bad file
-            return None, f"{p}: {type(e).__name__}: {e}", 0.0, 0.0
 
     stage = timings if timings is not None else {}
     for key in ("decode", "preprocess", "inference"):
         stage.setdefault(key, 0.0)
-
     workers = workers or min(4, os.cpu_count() or 1)
-    # one-thread inference: each worker decodes *and* runs its own chunk, so every core does the
-    # whole job and no thread waits for another; otherwise the workers decode ahead while this
-    # thread runs the multi-threaded session
-    whole_chunks = clf.runner.threads == 1
-
-    def infer(loaded):
-        good = [i for i, item in enumerate(loaded) if item[0] is not None]
-        if not good:
-            return good, None, 0.0
-        t0 = time.perf_counter()
-        raw = clf.outputs(np.concatenate([loaded[i][0] for i in good]))
-        return good, raw, time.perf_counter() - t0
-
-    def job(chunk):
-        loaded = [load(p) for p in chunk]
-        return (loaded, *infer(loaded))
-
+    chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        chunks = iter([list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)])
-        window: deque = deque()  # chunks in flight: the workers never wait for this thread
-
-        def submit() -> None:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                window.append((chunk, pool.submit(job, chunk) if whole_chunks else
-                               [pool.submit(load, p) for p in chunk]))
-
-        for _ in range(max(PREFETCH_CHUNKS, workers + 1)):
-            submit()
-        while window:
-            chunk, pending = window.popleft()
-            submit()
-            if whole_chunks:
-                loaded, good, raw, seconds = pending.result()
-            else:
-                loaded = [f.result() for f in pending]
-                good, raw, seconds = infer(loaded)
-            stage["decode"] += sum(item[2] for item in loaded)
-            stage["preprocess"] += sum(item[3] for item in loaded)
-            stage["inference"] += seconds
-            results = [FileResult(str(p), error=item[1]) for p, item in zip(chunk, loaded)]
-            if good:
-                probs = clf.probabilities_from(raw)
-                for i, preds, row in zip(good, clf.top(probs, top), raw):
-                    results[i].predictions = preds
-                    if keep_outputs:
-                        results[i].outputs = row
-            for r in results:
+        runner = _ChunkRunner(clf, pool)
+        for chunk, ran in runner.in_order(chunks, ahead=max(PREFETCH_CHUNKS, workers + 1)):
+            stage["decode"] += sum(item.decode_s for item in ran.loaded)
+            stage["preprocess"] += sum(item.preprocess_s for item in ran.loaded)
+            stage["inference"] += ran.seconds
+            for r in _file_results(clf, chunk, ran, top=top, keep_outputs=keep_outputs):
                 done += 1
                 if progress:
                     progress(done, len(paths))
                 yield r
+
+
+class _Loaded(NamedTuple):
+    """One file, decoded and preprocessed (``rows``) or not (``error``), and the seconds it took."""
+    rows: np.ndarray | None
+    error: str | None
+    decode_s: float
+    preprocess_s: float
+
+
+class _Ran(NamedTuple):
+    """One chunk: its files as loaded, the indices of the good ones and the model's rows for them."""
+    loaded: list[_Loaded]
+    good: list[int]
+    raw: np.ndarray | None
+    seconds: float
+
+
+class _ChunkRunner:
+    """run_files' work on chunks of files, on a thread pool: decode and preprocess each file,
+    then one model run on the chunk's good files."""
+
+    def __init__(self, clf: Classifier, pool) -> None:
+        self.clf, self.pool = clf, pool
+        # one-thread inference: each worker decodes *and* runs its own chunk, so every core does the
+        # whole job and no thread waits for another; otherwise the workers decode ahead while this
+        # thread runs the multi-threaded session
+        self.whole_chunks = clf.runner.threads == 1
+
+    def in_order(self, chunks: list[list[Path]], *, ahead: int):
+        """Yield (chunk, _Ran) in order, keeping ``ahead`` chunks in flight."""
+        pending_chunks = iter(chunks)
+        window: deque = deque()  # chunks in flight: the workers never wait for this thread
+
+        def submit() -> None:
+            chunk = next(pending_chunks, None)
+            if chunk is not None:
+                window.append((chunk, self.pool.submit(self.job, chunk) if self.whole_chunks else
+                               [self.pool.submit(self.load, p) for p in chunk]))
+
+        for _ in range(ahead):
+            submit()
+        while window:
+            chunk, pending = window.popleft()
+            submit()
+            yield chunk, pending.result() if self.whole_chunks else self.infer([f.result() for f in pending])
+
+    def job(self, chunk: list[Path]) -> _Ran:
+        return self.infer([self.load(p) for p in chunk])
+
+    def load(self, p: Path) -> _Loaded:
+        from .preprocess import ImageError
+
+        t0 = time.perf_counter()
+        try:
+            img = self.clf.decode(p)
+            t1 = time.perf_counter()
+            return _Loaded(self.clf.prepare(img), None, t1 - t0, time.perf_counter() - t1)
+        except ImageError as e:
+            msg = str(e)
+            return _Loaded(None, msg if msg.startswith(str(p)) else f"{p}: {msg}", 0.0, 0.0)
+        except Exception as e:  # an unexpected decoder failure is still one bad file
+            return _Loaded(None, f"{p}: {type(e).__name__}: {e}", 0.0, 0.0)
+
+    def infer(self, loaded: list[_Loaded]) -> _Ran:
+        good = [i for i, item in enumerate(loaded) if item.rows is not None]
+        if not good:
+            return _Ran(loaded, good, None, 0.0)
+        t0 = time.perf_counter()
+        raw = self.clf.outputs(np.concatenate([loaded[i].rows for i in good]))
+        return _Ran(loaded, good, raw, time.perf_counter() - t0)
+
+
+def _file_results(clf: Classifier, chunk: list[Path], ran: _Ran, *, top: int,
+                  keep_outputs: bool) -> list[FileResult]:
+    results = [FileResult(str(p), error=item.error) for p, item in zip(chunk, ran.loaded)]
+    if ran.good:
+        probs = clf.probabilities_from(ran.raw)
+        for i, preds, row in zip(ran.good, clf.top(probs, top), ran.raw):
+            results[i].predictions = preds
+            if keep_outputs:
+                results[i].outputs = row
+    return results
