@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import IMAGE_SUFFIXES, atomic_write, one_line
 from .errors import MissingDependencyError, ShuffleNetError
 
 __all__ = ["RayEngineError", "list_sources", "predict_dataset", "classify", "evaluate",
@@ -46,6 +47,8 @@ READ_THREADS = 8
 #: paths per input block: small enough that the pool streams and balances, large enough that a
 #: million-image job is a few thousand Ray tasks, not a million
 MAX_BLOCKS = 2000
+#: Ray's errors can carry whole remote tracebacks: the message is cut to this many characters
+ERROR_CHARS = 500
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -128,9 +131,7 @@ def _expand_uri(uri: str) -> tuple[list[str], str | None]:
             return [], "no such file or folder"
         entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as e:
-        return [], f"cannot list ({' '.join(str(e).split())})"
-    from ._io import IMAGE_SUFFIXES
-
+        return [], f"cannot list ({one_line(e)})"
     # the filesystem's paths are the URI's tail ("bucket/key" for s3, "/a/b" for file://, hdfs)
     prefix = base[:len(base) - len(root)] if root and base.endswith(root) else scheme
     files = sorted(prefix + e.path for e in entries if e.type == pafs.FileType.File)
@@ -206,29 +207,33 @@ class _Predictor:
         return [one(p) for p in paths]
 
     def __call__(self, batch):
-        import pyarrow as pa
-
-        from .preprocess import ImageError
-
-        clf = self.clf
         paths = batch.column("path").to_pylist()
         t0 = time.perf_counter()
         if "bytes" in batch.column_names:  # a dataset from ray.data.read_binary_files(include_paths=True)
             loaded = [(b, None) for b in batch.column("bytes").to_pylist()]
         else:
             loaded = self._read_all(paths)
-        t_read = time.perf_counter() - t0
+        seconds = {"read": time.perf_counter() - t0}
         errors: list[str | None] = [why for _, why in loaded]
+        tensors, good = self._decode_all(paths, loaded, errors, seconds)
+        columns = {"path": paths, **self._predict(tensors, good, len(paths), seconds), "error": errors}
+        return self._table(batch, columns, seconds)
+
+    def _decode_all(self, paths: list[str], loaded, errors: list, seconds: dict) -> tuple[list, list[int]]:
+        """(input rows, their indices) for the files read: the local engine's own decode and
+        preprocessing, from bytes instead of a path; a file that fails gets its ``errors`` entry."""
+        from .preprocess import ImageError
+
         tensors, good = [], []
         t_decode = t_prep = 0.0
         for i, (p, (data, why)) in enumerate(zip(paths, loaded)):
             if why is not None:
                 continue
             t0 = time.perf_counter()
-            try:  # the local engine's own decode and preprocessing, from bytes instead of a path
-                img = clf.decode(data)
+            try:
+                img = self.clf.decode(data)
                 t1 = time.perf_counter()
-                tensors.append(clf.prepare(img))
+                tensors.append(self.clf.prepare(img))
                 t_prep += time.perf_counter() - t1
                 good.append(i)
             except ImageError as e:
@@ -237,32 +242,38 @@ class _Predictor:
             except Exception as e:  # an unexpected decoder failure is still one bad file (as local)
                 errors[i] = f"{p}: {type(e).__name__}: {e}"
             t_decode += time.perf_counter() - t0
-        t_decode -= t_prep
-        n = len(paths)
-        idx: list = [None] * n
-        names: list = [None] * n
-        probs_out: list = [None] * n
-        t_infer = 0.0
+        seconds["decode"], seconds["preprocess"] = t_decode - t_prep, t_prep
+        return tensors, good
+
+    def _predict(self, tensors: list, good: list[int], n: int, seconds: dict) -> dict:
+        """The top-k columns of the ``n`` rows: None where the file failed."""
+        clf = self.clf
+        columns: dict[str, list] = {k: [None] * n for k in ("top_indices", "top_labels", "top_probabilities")}
+        seconds["inference"] = 0.0
         if good:
             t0 = time.perf_counter()
             raw = clf.outputs(np.concatenate(tensors))
-            t_infer = time.perf_counter() - t0
+            seconds["inference"] = time.perf_counter() - t0
             for i, preds in zip(good, clf.top(clf.probabilities_from(raw), self.top)):
-                idx[i] = [p.index for p in preds]
-                names[i] = [p.label for p in preds]
-                probs_out[i] = [p.probability for p in preds]
+                columns["top_indices"][i] = [p.index for p in preds]
+                columns["top_labels"][i] = [p.label for p in preds]
+                columns["top_probabilities"][i] = [p.probability for p in preds]
+        return columns
+
+    def _table(self, batch, columns: dict, seconds: dict):
+        """The result table: ``columns``, the input's labels if any, and with ``stage_times``
+        this batch's seconds per stage, spread evenly over its rows."""
+        import pyarrow as pa
+
+        n = len(columns["path"])
         extra = {}
         if "label" in batch.column_names:
             extra["label"] = pa.int64()
-        if self.stage_times:  # this batch's seconds per stage, spread evenly over its rows
-            extra.update({f"{k}_s": pa.float64() for k in STAGES})
-        columns = {"path": paths, "top_indices": idx, "top_labels": names, "top_probabilities": probs_out,
-                   "error": errors}
-        if "label" in extra:
             columns["label"] = batch.column("label").to_pylist()
         if self.stage_times:
-            for key, seconds in zip(STAGES, (t_read, t_decode, t_prep, t_infer)):
-                columns[f"{key}_s"] = [seconds / n] * n
+            extra.update({f"{k}_s": pa.float64() for k in STAGES})
+            for key in STAGES:
+                columns[f"{key}_s"] = [seconds[key] / n] * n
         return pa.table(columns, schema=_schema(extra))
 
 
@@ -375,7 +386,7 @@ class connect:
                 ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, **kwargs)
         except Exception as e:
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
-            raise RayEngineError(f"cannot start or join {where}: {_one_line(e)}") from None
+            raise RayEngineError(f"cannot start or join {where}: {one_line(e)[:ERROR_CHARS]}") from None
         self.owned = True
         return ray
 
@@ -384,11 +395,6 @@ class connect:
             import ray
 
             ray.shutdown()
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:500] or type(e).__name__
 
 
 # --------------------------------------------------------------------------- classify
@@ -449,7 +455,7 @@ def _run(ds, total: int, progress, consume) -> int:
     except ShuffleNetError:
         raise
     except Exception as e:
-        raise RayEngineError(f"the Ray job failed: {_one_line(e)}") from None
+        raise RayEngineError(f"the Ray job failed: {one_line(e)[:ERROR_CHARS]}") from None
     finally:
         quiet.setLevel(level)
     return done
@@ -477,34 +483,51 @@ def classify(sources: Sequence[str], model, output, *, address: str | None = Non
     out = Path(output)
     failed: list[tuple[str, str]] = []
     stages: dict[str, float] = {}
+
+    def tally(table) -> None:
+        errs = table.column("error")
+        if errs.null_count < table.num_rows:
+            failed.extend((p, e) for p, e in zip(table.column("path").to_pylist(), errs.to_pylist())
+                          if e is not None)
+        if stage_times:
+            for key in STAGES:
+                stages[key] = stages.get(key, 0.0) + float(np.sum(table.column(f"{key}_s")))
+
     cluster = connect(address, num_cpus=num_cpus)
     with cluster as ray:
         ds = _dataset(ray, paths, proto, clf, top=top, batch_size=batch_size, workers=workers,
                       threads=threads, stage_times=stage_times)
         _, pool = _pool(ray, workers, threads)
-        writer = _Writer(out, fmt)
-        try:
-            def consume(table):
-                errs = table.column("error")
-                if errs.null_count < table.num_rows:
-                    failed.extend((p, e) for p, e in zip(table.column("path").to_pylist(), errs.to_pylist())
-                                  if e is not None)
-                if stage_times:
-                    for key in STAGES:
-                        stages[key] = stages.get(key, 0.0) + float(np.sum(table.column(f"{key}_s")))
-                writer.write(table)
-
-            start = time.perf_counter()
-            done = _run(ds, len(paths), progress, consume)
-            seconds = time.perf_counter() - start
-            if done != len(paths):
-                raise RayEngineError(f"the Ray job returned {done} rows for {len(paths)} inputs")
-            writer.commit()
-        finally:
-            writer.abort()
+        seconds = _write_results(ds, out, fmt, len(paths), progress, tally)
     return RayClassifyReport(source, str(out), fmt, cluster.address, pool, threads, len(paths),
                              len(paths) - len(failed), failed + problems, seconds, clf.output_kind,
                              _preprocessing(clf), stages)
+
+
+def _write_results(ds, out: Path, fmt: str, total: int, progress, tally) -> float:
+    """Stream the job's result tables through ``tally`` into ``out``, which appears only complete
+    (a temp file beside it, renamed); returns the job's seconds."""
+    seconds = 0.0
+
+    def write(tmp: Path) -> None:
+        nonlocal seconds
+        writer = _Writer(tmp, fmt)
+        try:
+            def consume(table) -> None:
+                tally(table)
+                writer.write(table)
+
+            start = time.perf_counter()
+            done = _run(ds, total, progress, consume)
+            seconds = time.perf_counter() - start
+            if done != total:
+                raise RayEngineError(f"the Ray job returned {done} rows for {total} inputs")
+            writer.finish()
+        finally:
+            writer.close()
+
+    atomic_write(out, write)
+    return seconds
 
 
 def _preprocessing(clf) -> str:
@@ -513,20 +536,15 @@ def _preprocessing(clf) -> str:
 
 
 class _Writer:
-    """Rows to a temp file beside ``path``, renamed into place by ``commit`` (Parquet row groups
-    of :data:`ROW_GROUP` rows or JSON lines as they arrive: memory stays bounded)."""
+    """Result tables to ``path`` as they arrive (Parquet row groups of :data:`ROW_GROUP` rows, or
+    JSON lines): memory stays bounded."""
 
     def __init__(self, path: Path, fmt: str) -> None:
-        import tempfile
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self.path, self.tmp, self.fmt = path, Path(tmp), fmt
+        self.path, self.fmt = path, fmt
         self.parquet = None
         self.pending: list = []  # result tables (one per batch) gathered into whole row groups
         self.pending_rows = 0
-        self.jsonl = open(self.tmp, "w", encoding="utf-8") if fmt == "jsonl" else None
+        self.jsonl = open(path, "w", encoding="utf-8") if fmt == "jsonl" else None
 
     def write(self, table) -> None:
         if self.fmt == "parquet":
@@ -548,27 +566,25 @@ class _Writer:
             return
         table = pa.concat_tables(self.pending)
         if self.parquet is None:
-            self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self.parquet = pq.ParquetWriter(self.path, table.schema)
         self.parquet.write_table(table, row_group_size=ROW_GROUP)
         self.pending, self.pending_rows = [], 0
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """Write what is pending and close the file: a valid file, even with no rows."""
         if self.fmt == "parquet":
             self._flush()
-            if self.parquet is None:  # no rows at all: still a valid, empty file
+            if self.parquet is None:
                 import pyarrow.parquet as pq
 
-                pq.write_table(_schema({}).empty_table(), self.tmp)
+                pq.write_table(_schema({}).empty_table(), self.path)
             else:
                 self.parquet.close()
         else:
             self.jsonl.close()
-        mask = os.umask(0)  # mkstemp makes 0600; a finished file gets the usual permissions
-        os.umask(mask)
-        os.chmod(self.tmp, 0o666 & ~mask)
-        os.replace(self.tmp, self.path)
 
-    def abort(self) -> None:
+    def close(self) -> None:
+        """Let go of the file, finished or not (a failed job's file is removed by atomic_write)."""
         if self.parquet is not None:
             try:
                 self.parquet.close()
@@ -576,7 +592,6 @@ class _Writer:
                 pass
         if self.jsonl is not None and not self.jsonl.closed:
             self.jsonl.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- evaluate
