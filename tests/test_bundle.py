@@ -12,7 +12,8 @@ import pytest
 from shufflenet.bundle import BundleError, find_test_sets, load_model_checked, safe_extract
 from shufflenet.cli import main
 from shufflenet.errors import UnsafeFileError
-from shufflenet.validate import export_bundle, validate
+from shufflenet.export import export_bundle
+from shufflenet.validate import validate
 
 
 @pytest.fixture(scope="module")

@@ -219,3 +219,41 @@ def test_failed_export_keeps_the_existing_file(tmp_path, monkeypatch):
     assert main(["export", "shufflenet_v2_x0_5", "-o", str(target), "--weights", "random:1"]) == 0
     onnx.checker.check_model(str(target), full_check=True)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_export_to_decides_the_padded_default_and_refuses_conflicts(tmp_path, capsys):
+    """The library, not the CLI, picks the fastest exact graph unless ``faithful``."""
+    from shufflenet.cli import main
+    from shufflenet.export import export_to
+    from shufflenet.optimize import PAD_MULTIPLE
+
+    def meta(path):
+        return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+    export_to("shufflenet_v2_x0_5", tmp_path / "fast.onnx", input_size=64)
+    export_to("shufflenet_v2_x0_5", tmp_path / "plain.onnx", input_size=64, faithful=True)
+    assert meta(tmp_path / "fast.onnx")["channel_padding"] == str(PAD_MULTIPLE)
+    assert "channel_padding" not in meta(tmp_path / "plain.onnx")
+    for conflict in ({"pad_channels": 8}, {"absorb_shuffle": True}):
+        with pytest.raises(ExportError, match="--faithful writes the plain graph") as e:
+            export_to("shufflenet_v2_x0_5", tmp_path / "x.onnx", faithful=True, **conflict)
+        assert e.value.exit_code == 2
+    with pytest.raises(ExportError, match="via must be one of"):
+        export_to("shufflenet_v2_x0_5", tmp_path / "x.onnx", via="tf")
+    assert not (tmp_path / "x.onnx").exists()
+    capsys.readouterr()
+    assert main(["export", "shufflenet_v2_x0_5", "--faithful", "--absorb-shuffle", "-o",
+                 str(tmp_path / "x.onnx")]) == 2
+    assert capsys.readouterr().err == ("shufflenet export: error: --faithful writes the plain graph: "
+                                       "drop --pad-channels/--absorb-shuffle\n")
+
+
+def test_writing_functions_keep_their_old_import_path():
+    import shufflenet.export as export
+    import shufflenet.validate as validate
+
+    for name in ("export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs"):
+        with pytest.warns(DeprecationWarning, match=f"shufflenet.export.{name}"):
+            assert getattr(validate, name) is getattr(export, name)
+    with pytest.raises(AttributeError):
+        validate.no_such_name  # noqa: B018

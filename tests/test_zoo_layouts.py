@@ -11,7 +11,8 @@ from shufflenet.bundle import BundleError, find_test_sets, locate_model, pack_ta
 from shufflenet.cli import main
 from shufflenet.errors import UnsafeFileError
 from shufflenet.runtime import Classifier
-from shufflenet.validate import export_bundle, validate
+from shufflenet.export import export_bundle
+from shufflenet.validate import validate
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from ._safeio import read_capped, regular_file
 from .errors import ShuffleNetError, UnsafeFileError
 from .limits import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_MODEL_BYTES, MAX_TENSOR_BYTES, MAX_UNPACKED_BYTES
-from ._io import atomic_write
+from ._io import atomic_write, one_line
 
 __all__ = ["BundleError", "TestSet", "write_bundle", "pack_tar", "safe_extract", "find_test_sets",
            "locate_model", "is_archive", "load_model_checked", "load_any_model", "BUNDLE_METADATA", "MAX_MEMBERS",
@@ -203,30 +203,9 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
         try:
             tar = tarfile.open(archive, "r:*")
         except (tarfile.TarError, OSError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise BundleError(f"{archive}: not a readable tar archive ({reason})") from None
+            raise BundleError(f"{archive}: not a readable tar archive ({one_line(e, line='first')})") from None
         with tar:
-            total, count = 0, 0
-            for member in tar:
-                count += 1
-                if count > max_members:
-                    raise UnsafeFileError(f"{archive}: more than {max_members} members")
-                target = _member_path(tmp, member.name)
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                if not member.isfile() or member.issparse():
-                    raise UnsafeFileError(f"{archive}: member {member.name!r} is a {_member_kind(member)}; refused")
-                if member.size > max_member_bytes:
-                    raise UnsafeFileError(f"{archive}: member {member.name!r} is {member.size:,} bytes, "
-                                          f"more than the limit of {max_member_bytes:,}")
-                total += member.size
-                if total > max_bytes:
-                    raise UnsafeFileError(f"{archive}: unpacks to more than {max_bytes} bytes")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                with src, open(target, "xb") as f:  # "x": a repeated name cannot overwrite
-                    _copy_capped(src, f, member.size, f"{archive}: member {member.name!r}")
+            _extract_members(tar, tmp, archive, max_members, max_bytes, max_member_bytes)
             # the end-of-archive marker is not the end of the stream: read on, so a damaged
             # gzip trailer (CRC, length) or a corrupt later member is an error, not ignored
             _copy_capped(tar.fileobj, _Discard(), max_bytes, f"{archive}: data after the end of the archive")
@@ -240,10 +219,36 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, ShuffleNetError):
             raise
-        raise BundleError(f"{archive}: corrupt archive ({e or type(e).__name__})") from None
+        raise BundleError(f"{archive}: corrupt archive ({one_line(e)})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _extract_members(tar: tarfile.TarFile, root: Path, archive: Path, max_members: int, max_bytes: int,
+                     max_member_bytes: int) -> None:
+    """Copy each member into ``root`` after checking it (see :func:`safe_extract`)."""
+    total, count = 0, 0
+    for member in tar:
+        count += 1
+        if count > max_members:
+            raise UnsafeFileError(f"{archive}: more than {max_members} members")
+        target = _member_path(root, member.name)
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        if not member.isfile() or member.issparse():
+            raise UnsafeFileError(f"{archive}: member {member.name!r} is a {_member_kind(member)}; refused")
+        if member.size > max_member_bytes:
+            raise UnsafeFileError(f"{archive}: member {member.name!r} is {member.size:,} bytes, "
+                                  f"more than the limit of {max_member_bytes:,}")
+        total += member.size
+        if total > max_bytes:
+            raise UnsafeFileError(f"{archive}: unpacks to more than {max_bytes} bytes")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(member)
+        with src, open(target, "xb") as f:  # "x": a repeated name cannot overwrite
+            _copy_capped(src, f, member.size, f"{archive}: member {member.name!r}")
 
 
 class _Discard:

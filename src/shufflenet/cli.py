@@ -124,21 +124,15 @@ def _add_list(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .optimize import PAD_MULTIPLE
-    from .validate import export_to
+    from .export import export_to
 
-    if args.faithful and (args.pad_channels or args.absorb_shuffle):
-        raise _usage("--faithful writes the plain graph: drop --pad-channels/--absorb-shuffle")
-    if not args.faithful and not args.pad_channels and args.via == "emitter":
-        args.pad_channels = PAD_MULTIPLE  # the fastest exact graph by default (docs/export.md)
     info = export_to(
         args.variant, args.output, test_data=args.test_data, tar=args.tar, name=args.name,
         opset=args.opset, weights=args.weights, batch=args.batch, keep_batchnorm=args.keep_batchnorm,
         input_name=args.input_name, output_name=args.output_name, num_classes=args.num_classes,
-        via=args.via, **({"input_size": args.input_size} if args.input_size else {}),
-        **({"absorb_shuffle": True} if args.absorb_shuffle else {}),
-        **({"pad_channels": args.pad_channels} if args.pad_channels else {}),
-        **({"labels": _read_labels(args.labels)} if args.labels else {}),
+        via=args.via, faithful=args.faithful, pad_channels=args.pad_channels,
+        absorb_shuffle=args.absorb_shuffle, input_size=args.input_size,
+        labels=_read_labels(args.labels) if args.labels else None,
     )
     if args.json:
         _print_json(info)

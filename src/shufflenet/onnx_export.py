@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,12 +23,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ShuffleNetError
-from .specs import Graph, Node, VariantSpec, get_spec
+from .specs import Graph, Node, Preprocess, VariantSpec, get_spec
 from ._io import atomic_write
 from .weights import WeightSource, resolve_weights
 
-__all__ = ["RULES", "Rule", "form", "export_onnx", "save_model", "newest_opset", "MIN_OPSET",
-           "DEFAULT_OPSET", "ExportError"]
+__all__ = ["RULES", "Rule", "form", "export_onnx", "save_model", "set_metadata", "scaled_recipe", "newest_opset",
+           "MIN_OPSET", "DEFAULT_OPSET", "ExportError"]
 
 MIN_OPSET = 3  # the oldest the Model Zoo ships (shufflenet-3)
 DEFAULT_OPSET = 17  # widely supported by runtimes, and >= 13 so per-channel int8 QDQ is valid
@@ -81,6 +82,18 @@ def form(op: str, opset: int) -> str:
     return max(found, key=lambda r: r.since).form
 
 
+def _foldable_bns(graph: Graph) -> dict[str, Node]:
+    """conv output -> the bn that is its only reader: each pair is written as one Conv."""
+    producer = {o: m for m in graph.nodes for o in m.outputs}
+    reads = Counter(i for n in graph.nodes for i in n.inputs)
+    folded = {}
+    for n in graph.nodes:
+        src = producer.get(n.inputs[0]) if n.op == "bn" else None
+        if src is not None and src.op == "conv" and reads[src.output] == 1:
+            folded[src.output] = n
+    return folded
+
+
 class _Emitter:
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], opset: int, fold_bn: bool,
                  rename: Mapping[str, str], size: int) -> None:
@@ -88,18 +101,7 @@ class _Emitter:
         self.rename = rename
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, onnx.TensorProto] = {}
-        consumers: dict[str, list[Node]] = {}
-        for n in graph.nodes:
-            for i in n.inputs:
-                consumers.setdefault(i, []).append(n)
-        # conv -> bn pairs whose conv output feeds only that bn: folded into one Conv
-        self.folded: dict[str, Node] = {}
-        if fold_bn:
-            for n in graph.nodes:
-                if n.op == "bn":
-                    src = next((m for m in graph.nodes if n.inputs[0] in m.outputs), None)
-                    if src is not None and src.op == "conv" and len(consumers[src.output]) == 1:
-                        self.folded[src.output] = n
+        self.folded = _foldable_bns(graph) if fold_bn else {}
         self.shapes = graph.shapes((size, size))
 
     def t(self, name: str) -> str:
@@ -244,59 +246,79 @@ def export_onnx(
     (``optimize.pad_channels``: same outputs, ONNX Runtime's blocked kernels apply).
     """
     spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest_opset():
-        raise ExportError(f"opset must be an integer from {MIN_OPSET} to {newest_opset()} "
-                          f"(the newest this onnx {onnx.__version__} defines), got {opset!r}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ExportError(f"batch must be a positive integer, got {batch!r}")
+    _check_opset_and_batch(opset, batch)
     w, source, n_classes = resolve_weights(weights, spec, num_classes=num_classes, seed=seed)
     graph = spec.graph(n_classes)
     if labels is None and source.labels is not None:
         labels = list(source.labels)  # a training run's class names travel with the model
     size = input_size or source.input_size or spec.preprocess.crop
+    in_name, out_name = input_name or graph.input, output_name or graph.output
+    _check_size_names_labels(size, in_name, out_name, labels, n_classes)
+    graph, w = _rewrite(graph, w, absorb_shuffle, pad_channels)
+    em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm,
+                  rename={graph.input: in_name, graph.output: out_name}, size=size)
+    em.emit()
+    if spec.weights_naming == "caffe2":
+        _caffe2_initializer_names(em, set(graph.param_table()))
+    model = _make_model(em, spec.name, opset, in_name, out_name, [batch if batch is not None else "N", 3, size, size],
+                        n_classes)
+    model.doc_string = f"{spec.summary}; weights {source.description}"
+    set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, scaled_recipe(spec.preprocess, size))
+    _record_rewrites(model, absorb_shuffle, pad_channels)
+    return model
+
+
+def _check_opset_and_batch(opset, batch) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest_opset():
+        raise ExportError(f"opset must be an integer from {MIN_OPSET} to {newest_opset()} "
+                          f"(the newest this onnx {onnx.__version__} defines), got {opset!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ExportError(f"batch must be a positive integer, got {batch!r}")
+
+
+def _check_size_names_labels(size, in_name: str, out_name: str, labels: list[str] | None, n_classes: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 1024:
         raise ExportError(f"input size must be an integer from 32 to 1024, got {size!r}")
-    in_name, out_name = input_name or graph.input, output_name or graph.output
     if in_name == out_name:
         raise ExportError(f"input and output names must differ, both are {in_name!r}")
     if labels is not None and len(labels) != n_classes:
         raise ExportError(f"{len(labels)} labels given for a model with {n_classes} classes")
-    if absorb_shuffle:  # V2: shuffles become weight permutations (see optimize.py)
-        from .optimize import absorb_shuffles
 
-        graph, w = absorb_shuffles(graph, w)
+
+def _rewrite(graph: Graph, w: Mapping[str, np.ndarray], absorb_shuffle: bool,
+             pad_channels: int | None) -> tuple[Graph, Mapping[str, np.ndarray]]:
+    """The graph and weights after the requested exact rewrites (see :mod:`shufflenet.optimize`)."""
+    from . import optimize
+
+    if absorb_shuffle:  # V2: shuffles become weight permutations
+        graph, w = optimize.absorb_shuffles(graph, w)
     if pad_channels is not None:
-        from . import optimize
-
         try:
             graph, w = optimize.pad_channels(graph, w, pad_channels)
         except ValueError as e:
             raise ExportError(f"pad_channels: {e}") from None
-    rename = {graph.input: in_name, graph.output: out_name}
-    em = _Emitter(graph, w, opset, fold_bn=not keep_batchnorm, rename=rename, size=size)
-    em.emit()
-    if spec.weights_naming == "caffe2":
-        _caffe2_initializer_names(em, set(graph.param_table()))
-    dim0 = batch if batch is not None else "N"
+    return graph, w
+
+
+def _make_model(em: _Emitter, name: str, opset: int, in_name: str, out_name: str, in_shape: list,
+                n_classes: int) -> onnx.ModelProto:
+    """The emitted nodes as a model at ``opset``, in the oldest IR version that defines it."""
     onnx_graph = helper.make_graph(
-        em.nodes, spec.name,
-        inputs=[helper.make_tensor_value_info(in_name, TensorProto.FLOAT, [dim0, 3, size, size])],
-        outputs=[helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [dim0, n_classes])],
+        em.nodes, name,
+        inputs=[helper.make_tensor_value_info(in_name, TensorProto.FLOAT, in_shape)],
+        outputs=[helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [in_shape[0], n_classes])],
         initializer=list(em.inits.values()),
     )
     ir_version = _ir_version(opset)
     if ir_version < 4:  # IR 3 requires every initializer to be listed as a graph input too
         onnx_graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims)
                                 for t in em.inits.values())
-    opset_ids = [helper.make_opsetid("", opset)]
-    model = helper.make_model(onnx_graph, opset_imports=opset_ids, producer_name="shufflenet",
-                              producer_version=_version(),
-                              ir_version=ir_version)
-    model.doc_string = f"{spec.summary}; weights {source.description}"
-    recipe = spec.preprocess
-    if size != recipe.crop:  # keep the crop ratio of the recipe (224 of 256 = 0.875)
-        recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
-    set_metadata(model, spec, source, opset, keep_batchnorm, n_classes, labels, recipe)
+    return helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", opset)],
+                             producer_name="shufflenet", producer_version=_version(), ir_version=ir_version)
+
+
+def _record_rewrites(model: onnx.ModelProto, absorb_shuffle: bool, pad_channels: int | None) -> None:
+    """Say in the metadata which rewrites the graph carries (readers of the weights need it)."""
     extra_meta = {}
     if absorb_shuffle:
         extra_meta["channel_shuffle"] = "absorbed into weights" if not any(
@@ -305,7 +327,13 @@ def export_onnx(
         extra_meta["channel_padding"] = str(pad_channels)
     if extra_meta:
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **extra_meta})
-    return model
+
+
+def scaled_recipe(recipe: Preprocess, size: int) -> Preprocess:
+    """``recipe`` for a crop of ``size``, keeping its crop ratio (224 of 256 = 0.875)."""
+    if size == recipe.crop:
+        return recipe
+    return replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
 
 
 def _caffe2_initializer_names(em: _Emitter, keys: set[str]) -> None:

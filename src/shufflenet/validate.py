@@ -1,12 +1,14 @@
-"""Check a model against its test data the way the Model Zoo does, and build such bundles.
+"""Check a model against its test data the way the Model Zoo does.
 
 ``validate`` accepts a .onnx with ``test_data_set_*`` beside it, a bundle folder, or a .tar.gz
 (extracted safely into a temp folder). It runs ``onnx.checker`` (full check), then every test set,
-comparing with the zoo's tolerances (rtol 1e-3, atol 1e-5).
+comparing with the zoo's tolerances (rtol 1e-3, atol 1e-5). Writing models and bundles is
+:mod:`shufflenet.export`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -15,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .bundle import (BundleError, find_test_sets, is_archive, load_model_checked, locate_model, pack_tar,
-                     safe_extract, write_bundle)
-from .onnx_export import export_onnx
-from .preprocess import preprocess_pil
+from ._io import one_line
 from ._onnx import model_opset
+from .bundle import (BUNDLE_METADATA, BundleError, TestSet, find_test_sets, is_archive, load_model_checked,
+                     locate_model, safe_extract)
 from .runtime import Runner
-from .specs import get_spec
-from .synthetic import synthetic_images
 
-__all__ = ["SetResult", "ValidationReport", "validate", "export_bundle", "RTOL", "ATOL"]
+__all__ = ["SetResult", "ValidationReport", "validate", "RTOL", "ATOL"]
 
 RTOL, ATOL = 1e-3, 1e-5  # the ONNX Model Zoo's test tolerances
 
@@ -97,10 +96,6 @@ def _locate(path: Path, tmp: Path) -> tuple[Path, Path]:
 
 def _reference_of(folder: Path) -> str:
     """The bundle.json's account of where the expected outputs came from."""
-    import json
-
-    from .bundle import BUNDLE_METADATA
-
     meta = folder / BUNDLE_METADATA
     if not meta.is_file():
         return "unknown (no bundle.json)"
@@ -126,195 +121,46 @@ def validate(path: str | os.PathLike, *, threads: int | None = None) -> Validati
             onnx.checker.check_model(model, full_check=True)
             checker = "passed"
         except Exception as e:  # onnx raises ValidationError / InferenceError
-            checker = f"failed: {str(e).strip().splitlines()[0]}"
+            checker = f"failed: {one_line(e, line='first')}"
         report = ValidationReport(str(path), model.graph.name, model_opset(model), checker, "")
         report.expected_outputs = _reference_of(data_dir)
         runner = Runner(model, threads=threads, optimize=False)  # check the graph as given
         report.engine = runner.engine
         for ts in sets:
-            if len(ts.inputs) != len(runner.input_names) or len(ts.outputs) > len(runner.output_names):
-                raise BundleError(f"{ts.path}: {len(ts.inputs)} inputs / {len(ts.outputs)} outputs, the model has "
-                                  f"{len(runner.input_names)} / {len(runner.output_names)}")
-            feeds = {}
-            for k, (name, arr) in enumerate(ts.inputs):
-                feeds[name if name in runner.input_names else runner.input_names[k]] = arr
-            got = runner.run(feeds)
-            for k, (name, expected) in enumerate(ts.outputs):
-                tensor = name or runner.output_names[k]
-                idx = runner.output_names.index(tensor) if tensor in runner.output_names else k
-                label = (f"{ts.path.name}/output_{k}.pb" if ts.path.is_dir() else f"{ts.path.name}[outputs][{k}]")
-                report.sets.append(_compare(label, tensor, expected, got[idx]))
+            report.sets.extend(_check_set(runner, ts))
         return report
 
 
+def _check_set(runner: Runner, ts: TestSet) -> list[SetResult]:
+    """Run one test set; one result per expected output (tensors matched by name, else position)."""
+    if len(ts.inputs) != len(runner.input_names) or len(ts.outputs) > len(runner.output_names):
+        raise BundleError(f"{ts.path}: {len(ts.inputs)} inputs / {len(ts.outputs)} outputs, the model has "
+                          f"{len(runner.input_names)} / {len(runner.output_names)}")
+    feeds = {}
+    for k, (name, arr) in enumerate(ts.inputs):
+        feeds[name if name in runner.input_names else runner.input_names[k]] = arr
+    got = runner.run(feeds)
+    results = []
+    for k, (name, expected) in enumerate(ts.outputs):
+        tensor = name or runner.output_names[k]
+        idx = runner.output_names.index(tensor) if tensor in runner.output_names else k
+        label = (f"{ts.path.name}/output_{k}.pb" if ts.path.is_dir() else f"{ts.path.name}[outputs][{k}]")
+        results.append(_compare(label, tensor, expected, got[idx]))
+    return results
 
 
-def test_inputs(variant: str, count: int, *, batch: int | None = None, seed: int = 0,
-                recipe=None) -> list[np.ndarray]:
-    """Preprocessed synthetic images for ``count`` test sets; set 1 has batch 3 unless fixed."""
-    recipe = recipe or get_spec(variant).preprocess
-    sizes = [batch or (3 if k == 1 else 1) for k in range(count)]
-    images = iter(synthetic_images(sum(sizes), seed=seed))
-    return [np.concatenate([preprocess_pil(next(images), recipe) for _ in range(n)]) for n in sizes]
+#: names that lived here before writing moved to :mod:`shufflenet.export`
+_MOVED_TO_EXPORT = ("export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs")
 
 
-test_inputs.__test__ = False  # not a pytest test
+def __getattr__(name: str):
+    """The writing functions under their old import path, with a DeprecationWarning."""
+    if name in _MOVED_TO_EXPORT:
+        import warnings
 
+        from . import export
 
-def export_bundle(variant: str, out_dir: str | os.PathLike, *, test_data: int = 3, name: str | None = None,
-                  tar: bool = False, seed: int = 0, model: onnx.ModelProto | None = None,
-                  root: str | None = None, model_file: str = "model.onnx", legacy_npz: bool = False,
-                  **export_kwargs) -> dict[str, Path]:
-    """Export (or take ``model``) and write ``<out_dir>/<name>/`` with ``test_data`` sets, + tar.
-
-    ``root``: the folder inside the archive (default ``<name>``; the zoo's V1 rows use
-    ``shufflenet``, its V2-10 ``model/test_shufflenetv2``); ``model_file`` the model's file name;
-    ``legacy_npz`` adds the zoo's old ``test_data_<k>.npz`` files.
-    """
-    if test_data < 1:
-        raise BundleError(f"test_data must be at least 1, got {test_data}")
-    if model is None:
-        model = export_onnx(variant, **export_kwargs)
-    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
-    fixed = dim0.dim_value if dim0.HasField("dim_value") else None
-    name = name or f"{variant}-{model_opset(model)}"
-    from .runtime import model_info
-
-    inputs = test_inputs(variant, test_data, batch=fixed, seed=seed, recipe=model_info(model)[0])
-    sets, reference = expected_outputs(variant, model, inputs)
-    folder = write_bundle(model, out_dir, name, sets, model_file=model_file, legacy_npz=legacy_npz,
-                          metadata={"expected_outputs": reference, "variant": variant})
-    out = {"bundle": folder, "model": folder / model_file, "reference": reference}
-    if tar:
-        out["tar"] = pack_tar(folder, Path(out_dir) / f"{name}.tar.gz", root=root or name)
-    return out
-
-
-_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
-
-
-def expected_outputs(variant: str, model: onnx.ModelProto, inputs: list[np.ndarray], *,
-                     engine: str = "auto") -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """(input, expected output) pairs and the name of the computation that produced them.
-
-    An fp32 model's expected outputs come from an independent rendering of its description with
-    the model's own weights (read back from its initializers): PyTorch when torch is installed
-    (``engine="torch"``), else the plain-numpy reference (``"numpy"``, :mod:`shufflenet.reference`).
-    Int8 models have no independent reference that agrees to the zoo's tolerance, and graphs the
-    description cannot read back (padded or shuffle-absorbed exports) neither: ONNX Runtime on
-    the model computes those, and the returned name says so.
-    """
-    import tempfile
-
-    from .errors import WeightsError
-    from .specs import get_spec
-    from .weights import weights_from_onnx
-
-    why = None
-    if any(n.op_type in _QUANT_OPS or n.domain == "com.microsoft" for n in model.graph.node):
-        why = "int8: no independent reference"
-    meta = {p.key for p in model.metadata_props}
-    if why is None and meta & {"channel_padding", "channel_shuffle"}:
-        why = "rewritten graph: not the description's weights"
-    if why is None:
-        spec = get_spec(variant)
-        with tempfile.TemporaryDirectory(prefix="shufflenet-ref-") as tmp:
-            onnx.save(model, f"{tmp}/m.onnx")
-            try:
-                weights = weights_from_onnx(f"{tmp}/m.onnx", spec)
-            except WeightsError as e:
-                weights, why = None, f"weights not readable from the model ({e})"
-    if why is None:
-        n_classes = model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
-        if engine in ("auto", "torch"):
-            try:
-                import torch
-
-                from .torch_models import build_model
-            except ImportError:
-                if engine == "torch":
-                    raise
-            else:
-                module = build_model(variant, weights=weights, num_classes=n_classes)
-                with torch.no_grad():
-                    sets = [(x, module(torch.from_numpy(x)).numpy()) for x in inputs]
-                return sets, f"PyTorch rendering of {variant} (torch {torch.__version__}, float32)"
-        from .reference import forward
-
-        graph = spec.graph(n_classes or 1000)
-        return [(x, forward(graph, weights, x)) for x in inputs], f"numpy reference of {variant} (float64)"
-    runner = Runner(model, optimize=False)  # the graph as written
-    return ([(x, runner.run({runner.input_names[0]: x})[0]) for x in inputs],
-            f"{runner.engine} on this model ({why})")
-
-
-def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
-                     keep_batchnorm: bool = False, input_name: str | None = None,
-                     output_name: str | None = None, num_classes: int | None = None,
-                     seed: int | None = None, labels=None, input_size: int | None = None,
-                     absorb_shuffle: bool = False, pad_channels: int | None = None) -> onnx.ModelProto:
-    """The ``--via torch`` path: build the PyTorch module, torch.onnx.export it, clean the graph."""
-    from .onnx_clean import clean_graph
-    from .onnx_export import ExportError, set_metadata
-    from .torch_models import build_model, export_via_torch as _torch_export
-
-    if keep_batchnorm:
-        raise ExportError("--keep-batchnorm is not available with --via torch (torch folds BatchNorm)")
-    if absorb_shuffle:
-        raise ExportError("--absorb-shuffle works on the emitter's graph, not with --via torch")
-    if pad_channels is not None:
-        raise ExportError("--pad-channels works on the emitter's graph, not with --via torch")
-    module = build_model(variant, weights=weights, num_classes=num_classes, seed=seed)
-    spec = get_spec(variant)
-    size = input_size or module.weights_source.input_size or spec.preprocess.crop
-    raw = _torch_export(module, opset=opset, batch=batch, input_name=input_name or spec.input_name,
-                        output_name=output_name or spec.output_name, size=size)
-    model = clean_graph(raw)
-    model.producer_name = "shufflenet (via torch.onnx.export)"
-    from dataclasses import replace
-
-    recipe = spec.preprocess
-    if size != recipe.crop:
-        recipe = replace(recipe, crop=size, resize=int(round(size * recipe.resize / recipe.crop)))
-    if labels is None and module.weights_source.labels is not None:
-        labels = list(module.weights_source.labels)
-    set_metadata(model, spec, module.weights_source, opset, False, module.graph.num_classes, labels, recipe)
-    return model
-
-
-def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, tar: bool = False,
-              name: str | None = None, via: str = "emitter", **export_kwargs) -> dict:
-    """What ``shufflenet export`` does: a .onnx at ``output``, or with ``test_data`` a bundle
-    folder ``<output>/<name>/`` (and ``<output>/<name>.tar.gz`` with ``tar``). Returns a summary."""
-    from .onnx_export import save_model
-    from ._io import sha256_file
-
-    if tar and not test_data:
-        raise BundleError("--tar packs a bundle: give --test-data K as well")
-    if name is not None and not test_data:
-        raise BundleError("--name names a bundle: give --test-data K as well")
-    model = export_variant_via_torch(variant, **export_kwargs) if via == "torch" else export_onnx(variant, **export_kwargs)
-    if test_data:
-        paths = export_bundle(variant, output, test_data=test_data, name=name, tar=tar, model=model)
-    else:
-        output = Path(output)
-        if output.suffix != ".onnx":
-            raise BundleError(f"output {output} should end in .onnx (or give --test-data K for a bundle folder)")
-        paths = {"model": save_model(model, output)}
-    meta = {p.key: p.value for p in model.metadata_props}
-    counts: dict[str, int] = {}
-    for n in model.graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return {
-        **{k: str(v) for k, v in paths.items()},
-        "variant": variant,
-        "opset": model_opset(model),
-        "input": model.graph.input[0].name,
-        "output": model.graph.output[0].name,
-        "nodes": len(model.graph.node),
-        "op_counts": counts,
-        "bytes": Path(paths["model"]).stat().st_size,
-        "sha256": sha256_file(paths["model"]),
-        "weights": meta.get("weights_source"),
-        "batchnorm": meta.get("batchnorm"),
-    }
+        warnings.warn(f"shufflenet.validate.{name} is deprecated; use shufflenet.export.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import onnx
 
+from ._io import atomic_write, one_line, sha256_file
+from ._onnx import graph_inputs, model_opset
 from .errors import ShuffleNetError
+from .export import export_bundle
 from .onnx_export import DEFAULT_OPSET, export_onnx, save_model
-from ._onnx import model_opset
 from .quantize import QuantizeOptions, quantize
 from .specs import get_spec, list_variants
-from .validate import export_bundle, validate
-from ._io import atomic_write, sha256_file
+from .validate import validate
 
 __all__ = ["ZooError", "Artifact", "plan", "build", "onnx_release", "manifest_entry"]
 
@@ -132,8 +133,7 @@ def _port(v: onnx.ValueInfoProto, with_type: bool = True) -> dict:
 
 
 def _io_ports(model: onnx.ModelProto) -> dict:
-    inits = {t.name for t in model.graph.initializer}
-    return {"inputs": [_port(i) for i in model.graph.input if i.name not in inits],
+    return {"inputs": [_port(i) for i in graph_inputs(model)],
             "outputs": [_port(o) for o in model.graph.output]}
 
 
@@ -178,99 +178,143 @@ def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | 
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ZooError(f"batch must be a positive integer, got {batch!r}")
     final = Path(out)
-    if final.exists() and not final.is_dir():
-        raise ZooError(f"{final} is a file; give a folder to build the zoo into")
-    if final.is_dir() and any(final.iterdir()) and not force:
-        raise ZooError(f"{final} is not empty; give a new folder, or --force to replace it")
+    _check_target(final, force)
     items = plan(variants)  # bad names are refused before any work
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
     try:
         summary = _build_into(staging, items, weights=weights, calib=calib, eval_data=eval_data,
                               test_data=test_data, batch=batch, progress=progress, label_file=label_file)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / "zoo")
-        os.replace(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary.update(out=str(final), manifest=str(final / "manifest.json"), readme=str(final / "README.md"))
     return summary
 
 
+def _check_target(final: Path, force: bool) -> None:
+    if final.exists() and not final.is_dir():
+        raise ZooError(f"{final} is a file; give a folder to build the zoo into")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise ZooError(f"{final} is not empty; give a new folder, or --force to replace it")
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Rename the finished build to ``final``; an existing ``final`` is moved aside, then removed."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / "zoo")
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _build_into(out: Path, items, *, weights: str, calib, eval_data, test_data: int, batch, progress,
                 label_file) -> dict:
-    from .evaluate import evaluate
-
-    random = weights == "random" or weights.startswith("random:")
-    built: dict[str, Built] = {}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="shufflenet-zoo-") as tmp:
         calib_dir = Path(calib) if calib else _synthetic_calibration(Path(tmp) / "calib", 100, seed=1)
+        run = _ZooBuild(out, Path(tmp), weights=weights, calib_dir=calib_dir, eval_data=eval_data,
+                        label_file=label_file, test_data=test_data, batch=batch)
         for k, art in enumerate(items):
-            t0 = time.perf_counter()
-            result = Built(art, False)
-            try:
-                if art.quant is None:
-                    model = export_onnx(art.variant, weights=weights, opset=art.opset,
-                                        keep_batchnorm=art.keep_batchnorm, batch=batch)
-                else:
-                    src = built.get(art.source)
-                    if src is None or not src.ok:
-                        raise ZooError(f"its fp32 source {art.source} was not built")
-                    qpath = Path(tmp) / f"{art.name}.onnx"
-                    report = quantize(src.onnx_path, qpath, calib_dir, options=QuantizeOptions(
-                        format=art.quant, per_channel=art.per_channel, measure_latency=False), eval_data=eval_data,
-                        label_file=label_file)
-                    model = onnx.load(str(qpath))
-                    if model_opset(model) != art.opset:
-                        raise ZooError(f"quantization wrote opset {model_opset(model)}, the row is opset {art.opset}")
-                    result.info["quantization"] = report.recipe
-                    result.info["fidelity"] = report.metrics
-                paths = export_bundle(art.variant, Path(tmp) / "bundles", test_data=test_data, name=art.name,
-                                      tar=True, model=model, root=art.root.format(name=art.name),
-                                      model_file=art.model_file.format(name=art.name), legacy_npz=art.legacy_npz)
-                report = validate(paths["tar"])
-                if not report.passed:
-                    raise ZooError(f"validate failed: {report.checker}; "
-                                   + "; ".join(f"{s.name} max abs {s.max_abs_err:.2e}" for s in report.sets if not s.passed))
-                # only a validated artifact reaches `out`, each file written atomically
-                result.onnx_path = save_model(model, out / f"{art.name}.onnx")
-                result.tar_path = atomic_write(out / f"{art.name}.tar.gz",
-                                               lambda t, src=paths["tar"]: shutil.copyfile(src, t))
-                result.info["validate_engine"] = report.engine
-                result.info["expected_outputs"] = paths["reference"]
-                result.info["io_ports"] = _io_ports(model)
-                if art.extra_ports and (feature := _feature_port(model, art.variant)) is not None:
-                    result.info["extra_ports"] = {"features": [feature]}
-                result.info["opset"] = model_opset(model)
-                result.info["ir_version"] = model.ir_version
-                if eval_data is not None:
-                    ev = evaluate(str(result.onnx_path), eval_data, label_file=label_file)
-                    result.info["top1"], result.info["top5"] = ev.top1, ev.top5
-                    result.info["preprocessing"] = ev.preprocessing
-                result.ok = True
-            except (ShuffleNetError, OSError, ValueError, RuntimeError) as e:
-                result.error = " ".join(str(e).split()) or type(e).__name__
-            except Exception as e:  # an unexpected failure of one artifact must not stop the others
-                result.error = f"{type(e).__name__}: {e} ({traceback.format_exc(limit=1).splitlines()[-1]})"
-            result.seconds = time.perf_counter() - t0
-            built[art.name] = result
+            result = run.artifact(art)
             if progress:
                 progress(k + 1, len(items), result)
-    # latency of every built model, interleaved in this process (batch 1, 1 thread)
-    ok = [b for b in built.values() if b.ok]
-    if ok:
-        from .bench import bench
+    _record_latencies([b for b in run.built.values() if b.ok])
+    random = weights == "random" or weights.startswith("random:")
+    return _write_manifest_and_readme(out, items, run.built, weights, random, time.perf_counter() - t_start, batch)
 
-        rows = bench([str(b.onnx_path) for b in ok], runs=30, warmup=5)["rows"]
-        for b, row in zip(ok, rows):
-            b.info["latency_ms"] = row.p50_ms
-    summary = _write_manifest_and_readme(out, items, built, weights, random, time.perf_counter() - t_start, batch)
-    return summary
+
+@dataclass
+class _ZooBuild:
+    """One build: what every artifact shares, and the artifacts built so far (a quantized row
+    reads its fp32 source from here)."""
+
+    out: Path
+    tmp: Path
+    weights: str
+    calib_dir: Path
+    eval_data: str | os.PathLike | None
+    label_file: str | os.PathLike | None
+    test_data: int
+    batch: int | None
+    built: dict[str, Built] = field(default_factory=dict)
+
+    def artifact(self, art: Artifact) -> Built:
+        """Build one artifact; a failure is recorded in the result, never raised."""
+        t0 = time.perf_counter()
+        result = Built(art, False)
+        try:
+            model = self._model(art, result)
+            self._publish(art, model, result)
+            if self.eval_data is not None:
+                self._evaluate(result)
+            result.ok = True
+        except (ShuffleNetError, OSError, ValueError, RuntimeError) as e:
+            result.error = one_line(e)
+        except Exception as e:  # an unexpected failure of one artifact must not stop the others
+            result.error = f"{type(e).__name__}: {e} ({traceback.format_exc(limit=1).splitlines()[-1]})"
+        result.seconds = time.perf_counter() - t0
+        self.built[art.name] = result
+        return result
+
+    def _model(self, art: Artifact, result: Built) -> onnx.ModelProto:
+        """The fp32 export, or the int8 quantization of the fp32 source row."""
+        if art.quant is None:
+            return export_onnx(art.variant, weights=self.weights, opset=art.opset,
+                               keep_batchnorm=art.keep_batchnorm, batch=self.batch)
+        src = self.built.get(art.source)
+        if src is None or not src.ok:
+            raise ZooError(f"its fp32 source {art.source} was not built")
+        qpath = self.tmp / f"{art.name}.onnx"
+        report = quantize(src.onnx_path, qpath, self.calib_dir, options=QuantizeOptions(
+            format=art.quant, per_channel=art.per_channel, measure_latency=False), eval_data=self.eval_data,
+            label_file=self.label_file)
+        model = onnx.load(str(qpath))
+        if model_opset(model) != art.opset:
+            raise ZooError(f"quantization wrote opset {model_opset(model)}, the row is opset {art.opset}")
+        result.info["quantization"] = report.recipe
+        result.info["fidelity"] = report.metrics
+        return model
+
+    def _publish(self, art: Artifact, model: onnx.ModelProto, result: Built) -> None:
+        """Bundle and validate; only a validated artifact reaches ``out``, each file atomically."""
+        paths = export_bundle(art.variant, self.tmp / "bundles", test_data=self.test_data, name=art.name,
+                              tar=True, model=model, root=art.root.format(name=art.name),
+                              model_file=art.model_file.format(name=art.name), legacy_npz=art.legacy_npz)
+        report = validate(paths["tar"])
+        if not report.passed:
+            raise ZooError(f"validate failed: {report.checker}; "
+                           + "; ".join(f"{s.name} max abs {s.max_abs_err:.2e}" for s in report.sets if not s.passed))
+        result.onnx_path = save_model(model, self.out / f"{art.name}.onnx")
+        result.tar_path = atomic_write(self.out / f"{art.name}.tar.gz",
+                                       lambda t, src=paths["tar"]: shutil.copyfile(src, t))
+        result.info["validate_engine"] = report.engine
+        result.info["expected_outputs"] = paths["reference"]
+        result.info["io_ports"] = _io_ports(model)
+        if art.extra_ports and (feature := _feature_port(model, art.variant)) is not None:
+            result.info["extra_ports"] = {"features": [feature]}
+        result.info["opset"] = model_opset(model)
+        result.info["ir_version"] = model.ir_version
+
+    def _evaluate(self, result: Built) -> None:
+        from .evaluate import evaluate
+
+        ev = evaluate(str(result.onnx_path), self.eval_data, label_file=self.label_file)
+        result.info["top1"], result.info["top5"] = ev.top1, ev.top5
+        result.info["preprocessing"] = ev.preprocessing
+
+
+def _record_latencies(ok: list[Built]) -> None:
+    """Latency of every built model, interleaved in this process (batch 1, 1 thread)."""
+    if not ok:
+        return
+    from .bench import bench
+
+    rows = bench([str(b.onnx_path) for b in ok], runs=30, warmup=5)["rows"]
+    for b, row in zip(ok, rows):
+        b.info["latency_ms"] = row.p50_ms
 
 
 def _differences(art: Artifact, batch: int | None) -> list[str]:
