@@ -12,7 +12,8 @@ from onnx import helper
 
 from shufflenet.bundle import find_test_sets
 from shufflenet.specs import get_spec
-from shufflenet.validate import expected_outputs, export_bundle, test_inputs, validate
+from shufflenet.export import expected_outputs, export_bundle, test_inputs
+from shufflenet.validate import validate
 from shufflenet.weights import random_weights
 
 torch = pytest.importorskip("torch")

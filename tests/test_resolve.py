@@ -23,7 +23,7 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_every_spelling(tmp_path):
-    from shufflenet.validate import export_to
+    from shufflenet.export import export_to
 
     m, source = resolve_model("shufflenet_v2_x0_5:random:3")
     assert source == "shufflenet_v2_x0_5:random:3" and m.graph.node

@@ -68,7 +68,7 @@ def test_label_file_problems_are_clear(tmp_path, capsys):
 
 
 def test_validate_refuses_test_sets_with_extra_tensors(tmp_path):
-    from shufflenet.validate import export_bundle
+    from shufflenet.export import export_bundle
 
     folder = export_bundle("shufflenet_v2_x0_5", tmp_path, test_data=1)["bundle"]
     extra = folder / "test_data_set_0" / "input_1.pb"
