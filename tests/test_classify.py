@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from shufflenet.cli import main
-from shufflenet.evaluate import discover, evaluate
+from shufflenet.evaluate import DatasetError, discover, evaluate
 from shufflenet.labels import imagenet_labels, imagenet_wnids, load_labels
 from shufflenet.onnx_export import export_onnx, save_model
 from shufflenet.runtime import Classifier
@@ -145,6 +145,40 @@ def test_evaluate_image_folder_and_label_file(models, tmp_path):
     assert layout == "image folder" and sorted(s.label for s in samples) == [1, 1, 3, 3] and not skipped
     report = evaluate(str(models["v2"]), tmp_path / "flat", label_file=tmp_path / "val.txt", limit=3)
     assert report.layout == "label file" and report.images == 3
+
+
+def _unlistable(monkeypatch, folder):
+    """``folder`` cannot be listed (chmod does not stop root, so os.scandir is told to refuse)."""
+    import os
+
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_discover_reports_a_class_folder_it_cannot_list(tmp_path, monkeypatch):
+    """An unreadable class folder is a skipped entry (as text: the report is JSON), never silently
+    empty; the folder's sub-folders are not read (one folder per class); an unreadable flat folder
+    is an error."""
+    wnids = imagenet_wnids()
+    for w in wnids[:2]:
+        (tmp_path / "data" / w / "nested").mkdir(parents=True)
+        synthetic_images(1, seed=2)[0].save(tmp_path / "data" / w / "a.png")
+        synthetic_images(1, seed=2)[0].save(tmp_path / "data" / w / "nested" / "b.png")
+    _unlistable(monkeypatch, tmp_path / "data" / wnids[1])
+    samples, skipped, _ = discover(tmp_path / "data")
+    assert [(s.path.name, s.label) for s in samples] == [("a.png", 0)]
+    assert skipped == [(str(tmp_path / "data" / wnids[1]), "cannot list folder (Permission denied)")]
+    json.dumps(skipped)
+    (tmp_path / "flat").mkdir()
+    _unlistable(monkeypatch, tmp_path / "flat")
+    with pytest.raises(DatasetError, match=r"flat: cannot list folder \(Permission denied\)"):
+        discover(tmp_path / "flat")
 
 
 @pytest.mark.parametrize("threads", [1, 2])  # 1: workers decode and run whole chunks; 2: main thread infers

@@ -230,6 +230,31 @@ def test_output_path_is_checked_before_any_work(tmp_path, random_model, images, 
         quantize(random_model, random_model, images)
 
 
+def test_calibration_images_come_from_subfolders_and_an_unreadable_one_is_an_error(tmp_path, monkeypatch):
+    """Calibration reads the folder recursively; a sub-folder that cannot be listed would silently
+    shrink the sample, so it is an error, raised before the model is resolved."""
+    import os
+
+    import shufflenet.quantize as qmod
+
+    (tmp_path / "calib" / "sub").mkdir(parents=True)
+    (tmp_path / "calib" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "calib" / "sub" / "b.PNG").write_bytes(b"x")
+    (tmp_path / "calib" / "notes.txt").write_text("x")
+    assert qmod._list_images(tmp_path / "calib") == [tmp_path / "calib" / "a.jpg", tmp_path / "calib" / "sub" / "b.PNG"]
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(tmp_path / "calib" / "sub"):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(qmod, "resolve_model", lambda *a: pytest.fail("resolved before the data was checked"))
+    with pytest.raises(QuantizeError, match=r"sub: cannot list folder \(Permission denied\)"):
+        quantize("shufflenet-v2-12", tmp_path / "q.onnx", tmp_path / "calib")
+
+
 def test_quantize_says_when_int8_will_not_be_faster():
     """V1's grouped 1x1 convolutions make int8 slower than fp32 on ORT: quantize says so, and why."""
     from shufflenet.quantize import speed_note

@@ -17,7 +17,7 @@ import numpy as np
 from ._safeio import read_text
 from .errors import ShuffleNetError
 from .labels import wnid_index
-from ._io import IMAGE_SUFFIXES
+from ._io import class_folders, image_files
 from .runtime import Classifier, agreement, run_files
 
 __all__ = ["DatasetError", "Sample", "discover", "evaluate", "EvalReport"]
@@ -34,16 +34,16 @@ class Sample:
 
 
 def _images(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """Regular image files in ``folder``; a folder that cannot be listed is an entry in ``skipped``
-    (an error when there is no list), never silently empty."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError as e:
-        if skipped is None:
-            raise DatasetError(f"{folder}: cannot list folder ({e.strerror or e})") from None
-        skipped.append((str(folder), f"cannot list folder ({e.strerror or e})"))
-        return []
-    return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Regular image files directly in ``folder`` (a class folder's images, or a flat folder's);
+    a folder that cannot be listed is an entry in ``skipped`` (an error when there is no list),
+    never silently empty."""
+    problems: list[tuple[str, str]] = []
+    files = image_files(folder, problems, recursive=False)
+    if problems and skipped is None:
+        raise DatasetError(f"{problems[0][0]}: {problems[0][1]}")
+    if skipped is not None:
+        skipped.extend((str(where), why) for where, why in problems)  # the report is JSON: paths as text
+    return files
 
 
 def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
@@ -54,39 +54,59 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
         raise DatasetError(f"{root}: not a folder")
     skipped: list[tuple[str, str]] = []
     if label_file is not None:
-        lines = read_text(label_file, DatasetError, "label file").splitlines()  # a FIFO is refused
-        samples = []
-        top = root.resolve()
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise DatasetError(f"{label_file}:{n}: expected 'filename index' (index >= 0), got {line!r}")
-            if labels is not None and int(parts[1]) >= len(labels):
-                raise DatasetError(f"{label_file}:{n}: class index {parts[1]} but the model has {len(labels)} classes")
-            path = root / parts[0]
-            if os.path.commonpath([str(top), str(path.resolve())]) != str(top):
-                raise DatasetError(f"{label_file}:{n}: {parts[0]!r} is outside {root}")
-            if not path.is_file():
-                skipped.append((str(path), "listed in the label file but missing"))
-                continue
-            samples.append(Sample(path, int(parts[1])))
-        return samples, skipped, "label file"
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
-    by_name = {name: i for i, name in enumerate(labels or [])}
+        return _from_label_file(root, label_file, labels, skipped), skipped, "label file"
+    subdirs = [root / name for name in class_folders(root)]
     if subdirs:
-        samples = []
-        for d in subdirs:
-            idx = wnid_index(d.name) if labels is None or len(labels) == 1000 else None
-            if idx is None:
-                idx = by_name.get(d.name, by_name.get(d.name.replace("_", " ")))
-            if idx is None:
-                skipped.extend((str(p), f"folder {d.name!r} is neither a WordNet id nor a class name")
-                               for p in _images(d, skipped))
-                continue
-            samples.extend(Sample(p, idx) for p in _images(d, skipped))
-        return samples, skipped, "image folder"
+        return _from_class_folders(subdirs, labels, skipped), skipped, "image folder"
+    samples = _from_wnid_names(root, skipped)
+    if not samples and not skipped:
+        raise DatasetError(f"{root}: no images found")
+    return samples, skipped, "<wnid>_name files"
+
+
+def _from_label_file(root: Path, label_file, labels: list[str] | None,
+                     skipped: list[tuple[str, str]]) -> list[Sample]:
+    """'filename index' per line, each file inside ``root``; a listed file that is missing is skipped."""
+    lines = read_text(label_file, DatasetError, "label file").splitlines()  # a FIFO is refused
+    samples = []
+    top = root.resolve()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DatasetError(f"{label_file}:{n}: expected 'filename index' (index >= 0), got {line!r}")
+        if labels is not None and int(parts[1]) >= len(labels):
+            raise DatasetError(f"{label_file}:{n}: class index {parts[1]} but the model has {len(labels)} classes")
+        path = root / parts[0]
+        if os.path.commonpath([str(top), str(path.resolve())]) != str(top):
+            raise DatasetError(f"{label_file}:{n}: {parts[0]!r} is outside {root}")
+        if not path.is_file():
+            skipped.append((str(path), "listed in the label file but missing"))
+            continue
+        samples.append(Sample(path, int(parts[1])))
+    return samples
+
+
+def _from_class_folders(subdirs: list[Path], labels: list[str] | None,
+                        skipped: list[tuple[str, str]]) -> list[Sample]:
+    """One folder per class, named by WordNet id (1000-class models) or by class name."""
+    by_name = {name: i for i, name in enumerate(labels or [])}
+    samples = []
+    for d in subdirs:
+        idx = wnid_index(d.name) if labels is None or len(labels) == 1000 else None
+        if idx is None:
+            idx = by_name.get(d.name, by_name.get(d.name.replace("_", " ")))
+        if idx is None:
+            skipped.extend((str(p), f"folder {d.name!r} is neither a WordNet id nor a class name")
+                           for p in _images(d, skipped))
+            continue
+        samples.extend(Sample(p, idx) for p in _images(d, skipped))
+    return samples
+
+
+def _from_wnid_names(root: Path, skipped: list[tuple[str, str]]) -> list[Sample]:
+    """Files named ``<wnid>_<anything>`` directly in ``root``."""
     samples = []
     for p in _images(root):
         m = re.match(r"(n\d{8})_", p.name)
@@ -95,9 +115,7 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
             skipped.append((str(p), "name does not start with a known WordNet id (<wnid>_...)"))
             continue
         samples.append(Sample(p, idx))
-    if not samples and not skipped:
-        raise DatasetError(f"{root}: no images found")
-    return samples, skipped, "<wnid>_name files"
+    return samples
 
 
 @dataclass

@@ -26,14 +26,15 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 
 from ._safeio import dumps as strict_dumps
 from .errors import CheckFailedError, ShuffleNetError
-from ._io import IMAGE_SUFFIXES, atomic_write
-from ._onnx import model_opset
+from ._io import atomic_write, image_files, one_line
+from ._onnx import consumers, fixed_batch, graph_inputs, model_opset, ort_session
 from .runtime import Classifier, Runner, agreement, model_info, is_untrained, resolve_model
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
@@ -114,10 +115,17 @@ def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _list_images(folder: str | os.PathLike) -> list[Path]:
+    """The calibration folder's images, sub-folders included; a sub-folder that cannot be listed
+    is an error (a silently smaller sample would change the calibration)."""
     root = Path(folder)
     if not root.is_dir():
         raise QuantizeError(f"{root}: calibration data must be a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    problems: list[tuple[str, str]] = []
+    files = image_files(root, problems)
+    if problems:
+        where, why = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise QuantizeError(f"{where}: {why}{more}")
     if not files:
         raise QuantizeError(f"{root}: no images found")
     return files
@@ -190,8 +198,7 @@ def _upgrade_legacy(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     # and the upgrade's Reshape shapes as inputs to feed. IR 4 (opset <= 9) lets them be constants.
     out = onnx.ModelProto()
     out.CopyFrom(upgraded)
-    inits = {t.name for t in out.graph.initializer}
-    keep = [i for i in out.graph.input if i.name not in inits]
+    keep = graph_inputs(out)
     del out.graph.input[:]
     out.graph.input.extend(keep)
     out.ir_version = 4
@@ -227,19 +234,30 @@ def _prepare(model: onnx.ModelProto, per_channel: bool, work: Path, name: str = 
     return dst
 
 
+def _prepare_for(fp32: onnx.ModelProto, opts: QuantizeOptions, reader: _Reader, work: Path) -> Path:
+    """The prepared model every attempt starts from, at the opset the format needs."""
+    # per-channel QDQ needs DequantizeLinear's axis (opset 13); QOperator's QLinearConv takes
+    # per-channel scales from opset 10, so it keeps the model's opset when ORT writes a valid model
+    prepared = _prepare(fp32, opts.per_channel and opts.format == "qdq", work)
+    if opts.per_channel and opts.format == "qoperator" and model_opset(fp32) < 13:
+        try:
+            _quantize_once(prepared, work / "probe-opset.onnx", reader, fmt="qoperator", per_channel=True,
+                           method=opts.calib_method, exclude=[])
+        except CheckFailedError:  # not valid at this opset: upgrade like QDQ
+            prepared = _prepare(fp32, True, work)
+    return prepared
+
+
 def _stem(model: onnx.ModelProto) -> tuple[onnx.NodeProto, ...]:
     """The graph input's Conv, then ReLU and MaxPool in either order (each the only reader of
     the one before), as far as that chain goes: () when the input does not feed one Conv."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    first = readers.get(model.graph.input[0].name, [])
+    readers = consumers(model.graph.node)
+    first = [n for n, _ in readers.get(model.graph.input[0].name, [])]
     if len(first) != 1 or first[0].op_type != "Conv":
         return ()
     chain = [first[0]]
     while len(chain) < 3:
-        nxt = readers.get(chain[-1].output[0], [])
+        nxt = [n for n, _ in readers.get(chain[-1].output[0], [])]
         if len(nxt) != 1 or nxt[0].op_type not in ("Relu", "MaxPool") or nxt[0].op_type in {c.op_type for c in chain}:
             break
         chain.append(nxt[0])
@@ -306,7 +324,7 @@ def _quantize_once(prepared: Path, out: Path, reader: _Reader, *, fmt: str, per_
         onnx.checker.check_model(model, full_check=True)
         Runner(model)
     except Exception as e:
-        raise CheckFailedError(f"ONNX Runtime wrote an unusable int8 model ({str(e).splitlines()[0]}); "
+        raise CheckFailedError(f"ONNX Runtime wrote an unusable int8 model ({one_line(e, line='first')}); "
                                "not saved") from None
     return model
 
@@ -334,6 +352,20 @@ def _loss(metrics: dict) -> float:
     return 100.0 - metrics["top1_agreement"]
 
 
+def _shortfall(metrics: dict, opts: QuantizeOptions) -> tuple[float, float, float]:
+    """How far from the criteria (0 = met), then loss, then disagreement: lower is better."""
+    gap = 0.0
+    if opts.max_loss is not None:
+        gap += max(0.0, _loss(metrics) - opts.max_loss)
+    if opts.min_agreement is not None:
+        gap += max(0.0, opts.min_agreement - metrics["top1_agreement"])
+    return gap, _loss(metrics), -metrics["top1_agreement"]
+
+
+def _met(metrics: dict, opts: QuantizeOptions) -> bool:
+    return _shortfall(metrics, opts)[0] == 0.0
+
+
 def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np.ndarray,
                  batch: int | None = None) -> list[tuple[str, float]]:
     """(tensor, SQNR in dB, mean over channels) of each quantized activation, worst first.
@@ -344,7 +376,24 @@ def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np
     the error accumulated from earlier layers (ORT's qdq_loss_debug reports the latter, and
     its per-tensor figure misreads folded Relus).
     """
-    import onnxruntime as ort
+    params = _qdq_params(qdq_model)
+    float_tensors = {o for node in prepared.graph.node for o in node.output}
+    names = [t for t in params if t in float_tensors]
+    if not names:
+        return []
+    acts = _activations(prepared, names, data, batch)
+    readers = consumers(prepared.graph.node)
+    ranked = []
+    for t in names:
+        relu = [n.op_type for n, _ in readers.get(t, [])] == ["Relu"]
+        db = _sqnr(acts[t].astype(np.float64), *params[t], relu=relu)
+        if db is not None:
+            ranked.append((t, db))
+    return sorted(ranked, key=lambda r: r[1])
+
+
+def _qdq_params(qdq_model: onnx.ModelProto) -> dict[str, tuple[float, int, np.iinfo]]:
+    """tensor -> (scale, zero point, integer range) of each activation a QuantizeLinear reads."""
     from onnx import numpy_helper
 
     inits = {t.name: numpy_helper.to_array(t) for t in qdq_model.graph.initializer}
@@ -353,56 +402,57 @@ def _sensitivity(prepared: onnx.ModelProto, qdq_model: onnx.ModelProto, data: np
         if n.op_type == "QuantizeLinear" and n.input[1] in inits and n.input[0] not in inits:
             zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] in inits else np.zeros((), np.uint8)
             params[n.input[0]] = (float(inits[n.input[1]]), int(zp), np.iinfo(zp.dtype))
-    float_tensors = {o for node in prepared.graph.node for o in node.output}
-    names = [t for t in params if t in float_tensors]
-    if not names:
-        return []
+    return params
+
+
+def _activations(prepared: onnx.ModelProto, names: list[str], data: np.ndarray,
+                 batch: int | None) -> dict[str, np.ndarray]:
+    """The fp32 values of the tensors ``names`` on ``data``."""
     probe = onnx.ModelProto()
     probe.CopyFrom(prepared)
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(probe)
     if batch:  # a fixed-batch model: whole batches only
         data = data[: max(batch, len(data) - len(data) % batch)]
         if len(data) < batch:
             data = np.concatenate([data, np.zeros((batch - len(data), *data.shape[1:]), np.float32)])
     step = batch or len(data)
     runs = [sess.run(names, {sess.get_inputs()[0].name: data[i:i + step]}) for i in range(0, len(data), step)]
-    acts = {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
-    consumers: dict[str, list[str]] = {}
-    for node in prepared.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node.op_type)
-    ranked = []
-    for t in names:
-        x = acts[t].astype(np.float64)
-        scale, zp, info = params[t]
-        dq = (np.clip(np.rint(x / scale) + zp, info.min, info.max) - zp) * scale
-        ref = np.maximum(x, 0) if consumers.get(t) == ["Relu"] else x
-        # per channel, then the mean: one huge channel must not hide the others being zeroed
-        axes = tuple(i for i in range(ref.ndim) if i != 1) if ref.ndim > 1 else (0,)
-        signal = np.sqrt(np.sum(ref**2, axis=axes))
-        noise = np.sqrt(np.sum((ref - dq) ** 2, axis=axes))
-        live = signal > 1e-12
-        if not live.any():
-            continue
-        per_channel = 20 * np.log10(signal[live] / np.maximum(noise[live], 1e-30 * signal[live]))
-        ranked.append((t, float(np.mean(np.minimum(per_channel, 120.0)))))
-    return sorted(ranked, key=lambda r: r[1])
+    return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
 
 
-def _nodes_touching(model: onnx.ModelProto, tensor: str) -> list[str]:
-    """Nodes producing or consuming ``tensor``, through a Relu/Clip to its conv."""
-    names = []
+def _sqnr(x: np.ndarray, scale: float, zp: int, info: np.iinfo, *, relu: bool) -> float | None:
+    """SQNR in dB of ``x`` quantized with (scale, zp), per channel (capped at 120) then the mean;
+    against ReLU(x) when ``relu``. None when every channel is zero."""
+    dq = (np.clip(np.rint(x / scale) + zp, info.min, info.max) - zp) * scale
+    ref = np.maximum(x, 0) if relu else x
+    # per channel, then the mean: one huge channel must not hide the others being zeroed
+    axes = tuple(i for i in range(ref.ndim) if i != 1) if ref.ndim > 1 else (0,)
+    signal = np.sqrt(np.sum(ref**2, axis=axes))
+    noise = np.sqrt(np.sum((ref - dq) ** 2, axis=axes))
+    live = signal > 1e-12
+    if not live.any():
+        return None
+    per_channel = 20 * np.log10(signal[live] / np.maximum(noise[live], 1e-30 * signal[live]))
+    return float(np.mean(np.minimum(per_channel, 120.0)))
+
+
+def _nodes_touching(model: onnx.ModelProto, tensors: list[str]) -> list[str]:
+    """The named nodes producing (through a Relu/Clip to its conv) or consuming any of
+    ``tensors``, sorted."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    node = producers.get(tensor)
-    while node is not None:
-        names.append(node.name)
-        if node.op_type in ("Relu", "Clip") and node.input[0] in producers:
-            node = producers[node.input[0]]
-        else:
-            break
-    names += [n.name for n in model.graph.node if tensor in n.input]
-    return [n for n in names if n]
+    readers = consumers(model.graph.node)
+    names = set()
+    for tensor in tensors:
+        node = producers.get(tensor)
+        while node is not None:
+            names.add(node.name)
+            if node.op_type in ("Relu", "Clip") and node.input[0] in producers:
+                node = producers[node.input[0]]
+            else:
+                break
+        names.update(n.name for n, _ in readers.get(tensor, []))
+    return sorted(n for n in names if n)
 
 
 # --------------------------------------------------------------------------- the command
@@ -474,160 +524,229 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     """Quantize ``model_path`` to ``output`` (see module doc). Raises before writing anything bad.
 
     ``eval_data`` is a labelled folder in any of :func:`shufflenet.evaluate.discover`'s layouts;
-    ``label_file`` ('filename index' per line) labels a flat one."""
-    from .evaluate import discover
-    from .preprocess import describe
-
+    ``label_file`` ('filename index' per line) labels a flat one. ``progress`` is called with
+    each attempt's row of the report."""
     opts = options or QuantizeOptions()
+    output = Path(output)
+    files = _check_request(opts, output, model_path, calib, eval_data, label_file)
+    fp32, source = _load_fp32(model_path)
+    data = _gather(fp32, files, opts, eval_data, label_file)
+    with tempfile.TemporaryDirectory(prefix="shufflenet-quant-") as tmp:
+        tuner = _Tuner(fp32, data, opts, Path(tmp), progress)
+        best, worst = tuner.tune()
+        recipe = _recipe(opts, data, best, tuner.fp32_nodes)
+        criterion = _criterion(opts, data, best.metrics, meaningful=not is_untrained(fp32))
+        _write(output, best.model, fp32, recipe, criterion)
+    latency = _latency(fp32, best.model) if opts.measure_latency and data.batch in (None, 1) else None
+    return QuantReport(source, str(output), recipe, fp32.ByteSize(), output.stat().st_size,
+                       best.metrics, criterion, tuner.attempts, worst[:10], latency,
+                       _plot_sensitivity(worst, plot), speed_note(fp32, latency), is_untrained(fp32))
+
+
+def _check_request(opts: QuantizeOptions, output: Path, model_path, calib, eval_data, label_file) -> list[Path]:
+    """Refuse a request that cannot be honoured before any work, and before the model is resolved
+    (which may download it); the calibration folder's images."""
     if opts.format not in FORMATS:
         raise QuantizeError(f"format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
     if opts.calib_method not in CALIB_METHODS:
         raise QuantizeError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {opts.calib_method!r}")
     if opts.calib_count < 1:
         raise QuantizeError("calib_count must be positive")
-    output = Path(output)
     _check_output(output, model_path)
-    # local arguments are checked before the model is resolved (which may download it)
     files = _list_images(calib)
     if eval_data is not None and not Path(eval_data).is_dir():
         raise QuantizeError(f"{eval_data}: --eval-data must be a folder of labelled images")
     if label_file is not None and not Path(label_file).is_file():
         raise QuantizeError(f"{label_file}: no such label file")
+    if label_file is not None and eval_data is None:
+        raise QuantizeError("a label file labels --eval-data; give --eval-data too")
+    return files
+
+
+def _load_fp32(model_path) -> tuple[onnx.ModelProto, str]:
+    """The fp32 model (a legacy opset upgraded) and where it came from; an int8 model is refused."""
     fp32, source = resolve_model(model_path)
     fp32 = _upgrade_legacy(fp32, source)
     if any(n.op_type in ("QuantizeLinear", "QLinearConv", "DequantizeLinear") for n in fp32.graph.node):
         raise QuantizeError(f"{source} is already quantized")
+    return fp32, source
+
+
+@dataclass
+class _Data:
+    """The images of one quantize call, preprocessed: the calibration sample (fed through
+    ``reader``) and the judging images (``eval_x``, labelled or not) with fp32's outputs on them."""
+
+    clf: Classifier
+    kind: str  # what the model outputs (logits, probabilities): agreement compares like with like
+    batch: int | None  # the model's fixed batch, None when dynamic
+    calib: np.ndarray
+    reader: _Reader
+    eval_x: np.ndarray
+    labels: np.ndarray | None  # None: judged by top-1 agreement with fp32
+    ref: np.ndarray
+    #: no labelled data and no image left over from calibration: judged on the calibration images
+    eval_is_calib: bool
+
+
+def _gather(fp32: onnx.ModelProto, files: list[Path], opts: QuantizeOptions, eval_data, label_file) -> _Data:
+    """Preprocess the calibration sample and the judging images, and run fp32 on the latter."""
     clf = Classifier(fp32, exact=True)  # calibration and --eval-data: torchvision's decoding
     _, kind, _ = model_info(fp32)
-    dims = fp32.graph.input[0].type.tensor_type.shape.dim
-    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-
-    rng = np.random.default_rng(opts.seed)
-    order = rng.permutation(len(files))
-    calib_files = [files[i] for i in order[:opts.calib_count]]
+    batch = fixed_batch(fp32)
+    order = np.random.default_rng(opts.seed).permutation(len(files))
+    calib, _ = _batch(clf, [files[i] for i in order[:opts.calib_count]])
     held_out = [files[i] for i in order[opts.calib_count:]]
-    calib_data, _ = _batch(clf, calib_files)
-    reader = _Reader(clf.input_name, calib_data, batch)
+    reader = _Reader(clf.input_name, calib, batch)
     if not reader.items:
-        raise QuantizeError(f"{len(calib_data)} calibration images are fewer than the model's batch of {batch}")
-
+        raise QuantizeError(f"{len(calib)} calibration images are fewer than the model's batch of {batch}")
     labels = None
     if eval_data is not None:
-        samples, _, _ = discover(eval_data, labels=clf.labels, label_file=label_file)
-        samples = samples[:opts.eval_count]
-        if not samples:
-            raise QuantizeError(f"{eval_data}: no labelled images")
-        eval_x, kept = _batch(clf, [s.path for s in samples])
-        labels = np.array([samples[i].label for i in kept])
-    elif label_file is not None:
-        raise QuantizeError("a label file labels --eval-data; give --eval-data too")
+        eval_x, labels = _labelled(clf, eval_data, label_file, opts.eval_count)
     else:  # no labels: top-1 agreement with fp32 on images not used for calibration, if any
-        eval_x = _batch(clf, held_out[:opts.eval_count])[0] if held_out else calib_data
-    ref = _outputs(fp32, eval_x)
+        eval_x = _batch(clf, held_out[:opts.eval_count])[0] if held_out else calib
+    return _Data(clf, kind, batch, calib, reader, eval_x, labels, _outputs(fp32, eval_x),
+                 eval_is_calib=eval_data is None and not held_out)
 
-    attempts: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="shufflenet-quant-") as tmp:
-        work = Path(tmp)
-        # per-channel QDQ needs DequantizeLinear's axis (opset 13); QOperator's QLinearConv takes
-        # per-channel scales from opset 10, so it keeps the model's opset when ORT writes a valid model
-        prepared = _prepare(fp32, opts.per_channel and opts.format == "qdq", work)
-        if opts.per_channel and opts.format == "qoperator" and model_opset(fp32) < 13:
-            try:
-                _quantize_once(prepared, work / "probe-opset.onnx", reader, fmt="qoperator", per_channel=True,
-                               method=opts.calib_method, exclude=[])
-            except CheckFailedError:  # not valid at this opset: upgrade like QDQ
-                prepared = _prepare(fp32, True, work)
-        prepared_model = onnx.load(str(prepared))
-        fp32_nodes = [n.name for n in _stem(prepared_model)] if opts.fp32_stem else []
 
-        def attempt(method: str, exclude: list[str], fmt: str = opts.format) -> tuple[onnx.ModelProto, dict]:
-            q = _quantize_once(prepared, work / "q.onnx", reader, fmt=fmt, per_channel=opts.per_channel,
-                               method=method, exclude=sorted(set(fp32_nodes) | set(exclude)))
-            metrics = _compare(ref, _outputs(q, eval_x), kind, labels)
-            attempts.append({"format": fmt, "calib_method": method, "excluded": len(exclude),
-                             "loss_pct": _loss(metrics), **metrics})
-            if progress:
-                progress(attempts[-1])
-            return q, metrics
+def _labelled(clf: Classifier, eval_data, label_file, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` labelled images of ``eval_data`` that can be read, and their labels."""
+    from .evaluate import discover
 
-        def shortfall(m: dict) -> tuple[float, float, float]:
-            """How far from the criteria (0 = met), then loss, then disagreement: lower is better."""
-            gap = 0.0
-            if opts.max_loss is not None:
-                gap += max(0.0, _loss(m) - opts.max_loss)
-            if opts.min_agreement is not None:
-                gap += max(0.0, opts.min_agreement - m["top1_agreement"])
-            return gap, _loss(m), -m["top1_agreement"]
+    samples, _, _ = discover(eval_data, labels=clf.labels, label_file=label_file)
+    samples = samples[:count]
+    if not samples:
+        raise QuantizeError(f"{eval_data}: no labelled images")
+    x, kept = _batch(clf, [s.path for s in samples])
+    return x, np.array([samples[i].label for i in kept])
 
-        def met(m: dict) -> bool:
-            return shortfall(m)[0] == 0.0
 
-        q, m = attempt(opts.calib_method, [])
-        best = (q, m, opts.calib_method, [])  # (model, metrics, calibration method, excluded nodes)
-        if not met(best[1]):
-            for other in (x for x in CALIB_METHODS if x != opts.calib_method):
-                q, m = attempt(other, [])
-                if shortfall(m) < shortfall(best[1]):
-                    best = (q, m, other, [])
-                if met(best[1]):
-                    break
-        method = best[2]
-        # per-tensor sensitivity, measured on the QDQ form of the chosen calibration
-        if opts.format == "qdq":
-            probe = best[0]
+class _Result(NamedTuple):
+    """One quantization attempt: the int8 model, how it compares with fp32, and its recipe."""
+
+    model: onnx.ModelProto
+    metrics: dict
+    calib_method: str
+    excluded: list[str]  # nodes kept in fp32 by the tuning (the fp32 stem not counted)
+
+
+class _Tuner:
+    """The attempts of one quantize call, all on the same prepared model, calibration reader and
+    judging images; each is recorded in ``attempts`` and passed to ``progress``."""
+
+    def __init__(self, fp32: onnx.ModelProto, data: _Data, opts: QuantizeOptions, work: Path, progress) -> None:
+        self.fp32, self.data, self.opts, self.work, self.progress = fp32, data, opts, work, progress
+        self.prepared = _prepare_for(fp32, opts, data.reader, work)
+        self.prepared_model = onnx.load(str(self.prepared))
+        self.fp32_nodes = [n.name for n in _stem(self.prepared_model)] if opts.fp32_stem else []
+        self.attempts: list[dict] = []
+
+    def tune(self) -> tuple[_Result, list[tuple[str, float]]]:
+        """The best attempt (the first that meets the criterion, else the closest) and the
+        per-tensor SQNR, worst first."""
+        best = self.calibrations()
+        worst = self.sensitivity(best)
+        return self.exclusions(best, worst), worst
+
+    def attempt(self, method: str, exclude: list[str]) -> _Result:
+        q = _quantize_once(self.prepared, self.work / "q.onnx", self.data.reader, fmt=self.opts.format,
+                           per_channel=self.opts.per_channel, method=method,
+                           exclude=sorted(set(self.fp32_nodes) | set(exclude)))
+        metrics = _compare(self.data.ref, _outputs(q, self.data.eval_x), self.data.kind, self.data.labels)
+        self.attempts.append({"format": self.opts.format, "calib_method": method, "excluded": len(exclude),
+                              "loss_pct": _loss(metrics), **metrics})
+        if self.progress:
+            self.progress(self.attempts[-1])
+        return _Result(q, metrics, method, exclude)
+
+    def calibrations(self) -> _Result:
+        """The requested calibration method, then the others until one meets the criterion."""
+        best = self.attempt(self.opts.calib_method, [])
+        for other in (x for x in CALIB_METHODS if x != self.opts.calib_method):
+            if _met(best.metrics, self.opts):
+                break
+            best = self._better(self.attempt(other, []), best)
+        return best
+
+    def sensitivity(self, best: _Result) -> list[tuple[str, float]]:
+        """Per-tensor SQNR, measured on the QDQ form of ``best``'s calibration, worst first."""
+        if self.opts.format == "qdq":
+            probe = best.model
         else:
-            probe_src = prepared if model_opset(prepared_model) >= 13 or not opts.per_channel else \
-                _prepare(fp32, True, work, name="probe-prepared")
-            probe = _quantize_once(probe_src, work / "probe.onnx", reader, fmt="qdq",
-                                   per_channel=opts.per_channel, method=method, exclude=fp32_nodes)
-        worst = _sensitivity(prepared_model, probe, calib_data[:32], batch)
+            probe_src = self.prepared if model_opset(self.prepared_model) >= 13 or not self.opts.per_channel \
+                else _prepare(self.fp32, True, self.work, name="probe-prepared")
+            probe = _quantize_once(probe_src, self.work / "probe.onnx", self.data.reader, fmt="qdq",
+                                   per_channel=self.opts.per_channel, method=best.calib_method,
+                                   exclude=self.fp32_nodes)
+        return _sensitivity(self.prepared_model, probe, self.data.calib[:32], self.data.batch)
+
+    def exclusions(self, best: _Result, worst: list[tuple[str, float]]) -> _Result:
+        """Keep the 1, 2, 4 ... lowest-SQNR tensors in fp32 (their producers and consumers)
+        until the criterion holds."""
         # keeping more than MAX_FP32_FRACTION of the tensors in fp32 would not be an int8 model
         # any more: past that, report the criterion as not met instead
         k, cap = 1, max(1, int(len(worst) * MAX_FP32_FRACTION))
-        while not met(best[1]) and k <= cap:
-            exclude = sorted({n for t, _ in worst[:k] for n in _nodes_touching(prepared_model, t)})
-            q, m = attempt(method, exclude)
-            if shortfall(m) < shortfall(best[1]):
-                best = (q, m, method, exclude)
+        while not _met(best.metrics, self.opts) and k <= cap:
+            exclude = _nodes_touching(self.prepared_model, [t for t, _ in worst[:k]])
+            best = self._better(self.attempt(best.calib_method, exclude), best)
             k *= 2
-        best_q, best_m, method, final_exclude = best
+        return best
 
-        recipe = {
-            "format": opts.format, "per_channel": opts.per_channel, "activation_type": "uint8",
-            "weight_type": "int8", "reduce_range": not cpu_has_vnni(), "calib_method": method,
-            "calib_images": len(calib_data), "calib_seed": opts.seed, "excluded_nodes": final_exclude,
-            "fp32_stem": fp32_nodes,
-            "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
-            "opset": model_opset(best_q), "tool": f"onnxruntime {__import__('onnxruntime').__version__} quantize_static",
-        }
-        criterion = None
-        if opts.max_loss is not None or opts.min_agreement is not None:
-            criterion = {"max_loss_pct": opts.max_loss, "min_agreement_pct": opts.min_agreement,
-                         "measure": "accuracy" if labels is not None else "top-1 agreement with fp32",
-                         "loss_pct": _loss(best_m), "agreement_pct": best_m["top1_agreement"],
-                         "met": met(best_m), "images": len(eval_x),
-                         # on random weights "met" proves nothing (0% accuracy loses 0%)
-                         "meaningful": not is_untrained(fp32),
-                         "images_also_used_for_calibration": eval_data is None and not held_out}
-        meta = {p.key: p.value for p in best_q.metadata_props}
-        meta.update({p.key: p.value for p in fp32.metadata_props})
-        meta["quantization"] = strict_dumps(recipe)
-        if criterion:
-            meta["quantization_criterion"] = strict_dumps(criterion)
-        del best_q.metadata_props[:]
-        onnx.helper.set_model_props(best_q, meta)
-        drop_unused_opsets(best_q)
-        onnx.checker.check_model(best_q, full_check=True)
-        Runner(best_q)
-        atomic_write(output, lambda t: t.write_bytes(best_q.SerializeToString()))
+    def _better(self, new: _Result, best: _Result) -> _Result:
+        """``new`` when it is strictly closer to the criterion than ``best``."""
+        return new if _shortfall(new.metrics, self.opts) < _shortfall(best.metrics, self.opts) else best
 
-    latency = _latency(fp32, best_q) if opts.measure_latency and batch in (None, 1) else None
-    note = speed_note(fp32, latency)
-    plot_path = None
-    if plot is not None and worst:
-        from .plotting import bar_panel, save_panels
 
-        plot_path = str(save_panels([bar_panel(worst[:200], title="per-tensor SQNR (dB), worst first",
-                                               ylabel="tensors")], plot))
-    return QuantReport(source, str(output), recipe, fp32.ByteSize(), output.stat().st_size,
-                       best_m, criterion, attempts, worst[:10], latency, plot_path, note, is_untrained(fp32))
+def _recipe(opts: QuantizeOptions, data: _Data, best: _Result, fp32_nodes: list[str]) -> dict:
+    """How the written model was made, as its metadata and the report record it."""
+    import onnxruntime
+
+    from .preprocess import describe
+
+    clf = data.clf
+    return {
+        "format": opts.format, "per_channel": opts.per_channel, "activation_type": "uint8",
+        "weight_type": "int8", "reduce_range": not cpu_has_vnni(), "calib_method": best.calib_method,
+        "calib_images": len(data.calib), "calib_seed": opts.seed, "excluded_nodes": best.excluded,
+        "fp32_stem": fp32_nodes,
+        "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
+        "opset": model_opset(best.model), "tool": f"onnxruntime {onnxruntime.__version__} quantize_static",
+    }
+
+
+def _criterion(opts: QuantizeOptions, data: _Data, metrics: dict, *, meaningful: bool) -> dict | None:
+    """The requested criterion and how the written model measures against it (None when none)."""
+    if opts.max_loss is None and opts.min_agreement is None:
+        return None
+    return {"max_loss_pct": opts.max_loss, "min_agreement_pct": opts.min_agreement,
+            "measure": "accuracy" if data.labels is not None else "top-1 agreement with fp32",
+            "loss_pct": _loss(metrics), "agreement_pct": metrics["top1_agreement"],
+            "met": _met(metrics, opts), "images": len(data.eval_x),
+            # on random weights "met" proves nothing (0% accuracy loses 0%)
+            "meaningful": meaningful,
+            "images_also_used_for_calibration": data.eval_is_calib}
+
+
+def _write(output: Path, q: onnx.ModelProto, fp32: onnx.ModelProto, recipe: dict, criterion: dict | None) -> None:
+    """Write ``q`` (in place: fp32's metadata and the recipe added, unused opsets dropped) once it
+    passes the full checker and loads in ONNX Runtime."""
+    meta = {p.key: p.value for p in q.metadata_props}
+    meta.update({p.key: p.value for p in fp32.metadata_props})
+    meta["quantization"] = strict_dumps(recipe)
+    if criterion:
+        meta["quantization_criterion"] = strict_dumps(criterion)
+    del q.metadata_props[:]
+    onnx.helper.set_model_props(q, meta)
+    drop_unused_opsets(q)
+    onnx.checker.check_model(q, full_check=True)
+    Runner(q)
+    atomic_write(output, lambda t: t.write_bytes(q.SerializeToString()))
+
+
+def _plot_sensitivity(worst: list[tuple[str, float]], plot: str | os.PathLike | None) -> str | None:
+    if plot is None or not worst:
+        return None
+    from .plotting import bar_panel, save_panels
+
+    return str(save_panels([bar_panel(worst[:200], title="per-tensor SQNR (dB), worst first",
+                                      ylabel="tensors")], plot))
