@@ -520,14 +520,14 @@ def test_12_evaluate_exits_1_when_images_were_skipped(tmp_path, capsys, random_m
     # an unreadable class folder is reported, not silently empty
     (folder / "bad.png").unlink()
     (tmp_path / "data" / "n01443537").mkdir()
-    real = type(folder).iterdir
+    real = os.scandir
 
-    def iterdir(self):
-        if self.name == "n01443537":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def scandir(path="."):  # as root, chmod would not stop the listing
+        if os.path.basename(os.fspath(path)) == "n01443537":
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
 
-    monkeypatch.setattr(type(folder), "iterdir", iterdir)
+    monkeypatch.setattr(os, "scandir", scandir)
     rc, out, _ = _run(capsys, *args)
     assert rc == 1 and "n01443537: cannot list folder (Permission denied)" in out
 

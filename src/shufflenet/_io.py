@@ -58,7 +58,7 @@ def image_files(folder: str | os.PathLike, problems: list[tuple[str, str]], *,
     found: list[Path] = []
 
     def unreadable(e: OSError) -> None:
-        problems.append((e.filename or str(folder), f"cannot list folder ({e.strerror or e})"))
+        problems.append((str(e.filename or folder), f"cannot list folder ({e.strerror or e})"))
 
     if not recursive:
         try:
