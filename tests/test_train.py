@@ -131,3 +131,24 @@ def test_cli_prints_one_line_per_epoch_as_it_ends(tiny, tmp_path, capsys):
     assert all("val loss" in ln and "eta" in ln for ln in epochs)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["img_size"] == 40 and config["ema"] == 0.99  # resolved from the 40 px images; EMA on
+
+
+def test_train_refuses_the_input_sizes_export_refuses(tiny, tmp_path):
+    """A trained model must be exportable: train's img_size range is export's input-size range."""
+    from shufflenet.onnx_export import ExportError, export_onnx
+
+    for size in (31, 1025, 48.0, True, "64"):
+        with pytest.raises(ExportError, match="input size"):
+            export_onnx("shufflenet_v2_x0_5", input_size=size)
+        with pytest.raises(TrainError, match="img_size must be from 32 to 1024"):
+            train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=size, epochs=1))
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(tiny, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint\nsecond line")
+    with pytest.raises(TrainError, match="not a usable checkpoint") as e:
+        train(TrainConfig(data=str(tiny), out=str(run), img_size=32), resume=True)
+    assert "\n" not in str(e.value)

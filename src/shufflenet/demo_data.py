@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ._io import atomic_write
 from .errors import ShuffleNetError
 
 __all__ = ["CLASSES", "DemoDataError", "make_demo_data", "demo_image"]
@@ -250,8 +251,9 @@ def make_demo_data(out: str | os.PathLike, *, classes: int = 10, per_class: int 
                 image_seed = np.random.SeedSequence([seed, 0 if split == "train" else 1, ci, k]).generate_state(1)[0]
                 demo_image(name, int(image_seed), size, difficulty).save(d / f"{name}_{k:04d}.jpg", quality=92)
                 counts[split] += 1
-    (out / "classes.txt").write_text("\n".join(names) + "\n")
     info = {"classes": list(names), "train": counts["train"], "val": counts["val"], "size": size, "seed": seed,
             "difficulty": difficulty}
-    (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+    # written last and whole: a set with dataset.json is complete
+    atomic_write(out / "classes.txt", lambda t: t.write_text("\n".join(names) + "\n"))
+    atomic_write(out / "dataset.json", lambda t: t.write_text(json.dumps(info, indent=2) + "\n"))
     return info

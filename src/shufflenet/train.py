@@ -24,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write, class_folders, image_files, import_torch, one_line
 from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
 from .specs import Preprocess, get_spec
-from ._io import atomic_write, import_torch
 from .weights import init_weights, resolve_weights, save_weights, weights_digest
 
 __all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
 
+# the input sizes export accepts (onnx_export.export_onnx): a trained model must be exportable
+_MIN_IMG_SIZE, _MAX_IMG_SIZE = 32, 1024
 
 
 class TrainError(ShuffleNetError, ValueError):
@@ -83,8 +85,6 @@ class TrainConfig:
 def _images(folder: Path, *, required: bool = True) -> list[Path]:
     """The images of one class folder; an unreadable subfolder, or an empty class when
     ``required`` (training), is an error: a class without images would silently widen the head."""
-    from ._io import image_files
-
     problems: list[tuple[str, str]] = []
     found = image_files(folder, problems)
     if problems:
@@ -101,22 +101,9 @@ def find_images(data: str | os.PathLike, *, val_fraction: float = 0.2, seed: int
     if not root.is_dir():
         raise TrainError(f"{root}: not a folder")
     if (root / "train").is_dir() and (root / "val").is_dir():
-        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-        val_classes = sorted(d.name for d in (root / "val").iterdir() if d.is_dir())
-        if val_classes and val_classes != classes:
-            raise TrainError(f"{root}: train/ and val/ have different class folders")
-        train = [(p, i) for i, c in enumerate(classes) for p in _images(root / "train" / c)]
-        val = [(p, i) for i, c in enumerate(classes) if (root / "val" / c).is_dir()
-               for p in _images(root / "val" / c, required=False)]
+        classes, train, val = _presplit(root)
     else:
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        train, val = [], []
-        for i, c in enumerate(classes):
-            files = _images(root / c)
-            order = np.random.default_rng([seed, i, 0x5E]).permutation(len(files))
-            n_val = int(round(len(files) * val_fraction)) if len(files) > 1 else 0
-            val += [(files[k], i) for k in order[:n_val]]
-            train += [(files[k], i) for k in order[n_val:]]
+        classes, train, val = _split_per_class(root, val_fraction, seed)
     if len(classes) < 2:
         raise TrainError(f"{root}: need at least two class folders, found {len(classes)}")
     if not train:
@@ -124,9 +111,34 @@ def find_images(data: str | os.PathLike, *, val_fraction: float = 0.2, seed: int
     return classes, train, val
 
 
+def _presplit(root: Path):
+    """``root/train/<class>/`` and ``root/val/<class>/``; val may lack a class, not add one."""
+    classes = class_folders(root / "train")
+    val_classes = class_folders(root / "val")
+    if val_classes and val_classes != classes:
+        raise TrainError(f"{root}: train/ and val/ have different class folders")
+    train = [(p, i) for i, c in enumerate(classes) for p in _images(root / "train" / c)]
+    val = [(p, i) for i, c in enumerate(classes) if (root / "val" / c).is_dir()
+           for p in _images(root / "val" / c, required=False)]
+    return classes, train, val
+
+
+def _split_per_class(root: Path, val_fraction: float, seed: int):
+    """``root/<class>/``, each class split into train and val by a shuffle seeded per class."""
+    classes = class_folders(root)
+    train, val = [], []
+    for i, c in enumerate(classes):
+        files = _images(root / c)
+        order = np.random.default_rng([seed, i, 0x5E]).permutation(len(files))
+        n_val = int(round(len(files) * val_fraction)) if len(files) > 1 else 0
+        val += [(files[k], i) for k in order[:n_val]]
+        train += [(files[k], i) for k in order[n_val:]]
+    return classes, train, val
+
+
 def default_img_size(samples, *, probe: int = 16) -> int:
     """224, or the shorter side of the smallest of the first ``probe`` images when smaller
-    (rounded down to a multiple of 8, at least 32, what export accepts)."""
+    (rounded down to a multiple of 8, at least the smallest size export accepts)."""
     from PIL import Image
 
     sides = []
@@ -137,7 +149,7 @@ def default_img_size(samples, *, probe: int = 16) -> int:
         except OSError:
             continue  # an unreadable image is reported when the loader reaches it
     side = min(sides, default=224)
-    return max(32, min(224, side // 8 * 8))
+    return max(_MIN_IMG_SIZE, min(224, side // 8 * 8))
 
 
 def _random_resized_crop(img, rng: np.random.Generator, size: int, min_scale: float):
@@ -170,7 +182,7 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
                 return self._item(key)
             except ShuffleNetError as e:  # a corrupt image: zeros, dropped from the batch by the step
                 size = cfg.img_size if train else recipe.crop
-                return torch.zeros(3, size, size), samples[key[1]][1], str(e) or type(e).__name__
+                return torch.zeros(3, size, size), samples[key[1]][1], one_line(e)
 
         def _item(self, key):
             epoch, index = key
@@ -270,6 +282,22 @@ def _initial_weights(cfg: TrainConfig, n_classes: int):
     return weights, source.description
 
 
+def _optimizer(model, cfg: TrainConfig):
+    """(base learning rate, optimizer): weight decay on weights, none on BN and biases."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
+    scratch = cfg.pretrained is None
+    default_lr = {"sgd": (0.1, 0.01), "adamw": (3e-3, 3e-4)}[cfg.optimizer][0 if scratch else 1]
+    base_lr = cfg.lr if cfg.lr is not None else default_lr
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (4e-5 if cfg.optimizer == "sgd" else 0.05)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = (torch.optim.AdamW(groups, lr=base_lr) if cfg.optimizer == "adamw"
+           else torch.optim.SGD(groups, lr=base_lr, momentum=0.9, nesterov=True))
+    return base_lr, opt
+
+
 def _logits_name(graph) -> str:
     return graph.head.output
 
@@ -334,201 +362,282 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     second Ctrl-C stops at once, discarding that step (docs/limits.md). Unreadable images are
     skipped and listed in ``RUN/skipped_images.json``.
     """
-    torch = import_torch("training")
+    run = _Run(cfg, resume=resume)
+    run.build_model()
+    run.restore_or_start()
+    run.prepare_steps()
+    interrupted = run.run_epochs(progress, on_epoch, stop_after_steps)
+    return run.finish(interrupted)
 
-    from .torch_models import ShuffleNet
 
-    dist, rank, world, owned_group = _dist()
-    # absolute paths in config.json: `--resume RUN` works from any working directory
-    cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()))
-    out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+def _check_config(cfg: TrainConfig) -> None:
+    """The options that are checked before any data is read."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise TrainError("epochs and batch_size must be positive")
-    if cfg.img_size is not None and not 32 <= cfg.img_size <= 1024:  # export's range
-        raise TrainError(f"img_size must be from 32 to 1024, got {cfg.img_size}")
+    size = cfg.img_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not _MIN_IMG_SIZE <= size <= _MAX_IMG_SIZE):
+        raise TrainError(f"img_size must be from {_MIN_IMG_SIZE} to {_MAX_IMG_SIZE}, got {size!r}")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise TrainError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
-    classes, train_set, val_set = find_images(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    if cfg.img_size is None:  # resolved once and stored in config.json: a resume reads the same
-        cfg = replace(cfg, img_size=default_img_size(train_set))
-    spec = get_spec(cfg.variant)
-    recipe = Preprocess(resize=int(round(cfg.img_size / 0.875)), crop=cfg.img_size,
-                        mean=spec.preprocess.mean, std=spec.preprocess.std)
 
-    ckpt_path = out / "checkpoint.pt"
-    if resume:
-        if not ckpt_path.is_file():
-            raise TrainError(f"{out}: no checkpoint.pt to resume from")
+
+class _Run:
+    """One training run. :func:`train` calls its phases in order; each sets the fields the later
+    ones read: prepare (``__init__``), :meth:`build_model`, :meth:`restore_or_start`,
+    :meth:`prepare_steps`, :meth:`run_epochs` (each epoch: :meth:`train_epoch`, then
+    :meth:`end_epoch`), :meth:`finish`.
+
+    Every use of a random generator, and the order of them, is that of one uninterrupted run:
+    a resumed run repeats it bit for bit (module docstring).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool) -> None:
+        """Prepare: the process group, the checked options, the data and, when resuming, the
+        checkpoint, whose saved config then replaces ``cfg`` (all but ``epochs`` and ``out``)."""
+        torch = import_torch("training")
+        self.dist, self.rank, self.world, self.owned_group = _dist()
+        # absolute paths in config.json: `--resume RUN` works from any working directory
+        cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()))
+        self.out = Path(cfg.out)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        _check_config(cfg)
+        self.classes, self.train_set, self.val_set = find_images(cfg.data, val_fraction=cfg.val_fraction,
+                                                                 seed=cfg.seed)
+        if cfg.img_size is None:  # resolved once and stored in config.json: a resume reads the same
+            cfg = replace(cfg, img_size=default_img_size(self.train_set))
+        self.spec = get_spec(cfg.variant)
+        self.recipe = Preprocess(resize=int(round(cfg.img_size / 0.875)), crop=cfg.img_size,
+                                 mean=self.spec.preprocess.mean, std=self.spec.preprocess.std)
+        self.ckpt_path = self.out / "checkpoint.pt"
+        self.ckpt: dict | None = None
+        if resume:
+            self.ckpt, cfg = self._read_checkpoint(cfg)
+        else:
+            self._check_new_folder()
+        self.cfg = cfg
+
+    def _read_checkpoint(self, cfg: TrainConfig) -> tuple[dict, TrainConfig]:
+        """The checkpoint to resume from and the config it was saved with."""
+        torch = import_torch("training")
+        if not self.ckpt_path.is_file():
+            raise TrainError(f"{self.out}: no checkpoint.pt to resume from")
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
             saved = json.loads(ckpt["config"])
             json.loads(ckpt["classes"])
         except Exception as e:  # torch raises many types for a damaged or foreign file
-            raise TrainError(f"{ckpt_path}: not a usable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        if json.loads(ckpt["classes"]) != classes:
+            raise TrainError(f"{self.ckpt_path}: not a usable checkpoint ({one_line(e, line='first')})") from None
+        if json.loads(ckpt["classes"]) != self.classes:
             raise TrainError(f"{cfg.data}: classes differ from the run's {json.loads(ckpt['classes'])}")
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)
         saved["out"] = cfg.out  # the folder resumed from, wherever it has moved
-        cfg = TrainConfig.from_dict(saved)
-    else:
-        ckpt = None
+        return ckpt, TrainConfig.from_dict(saved)
+
+    def _check_new_folder(self) -> None:
+        out = self.out
         if out.exists() and not out.is_dir():
             raise TrainError(f"{out}: is a file, not a run folder; give a new folder with -o")
-        if rank == 0 and out.exists() and any(out.iterdir()):
+        if self.rank == 0 and out.exists() and any(out.iterdir()):
             raise TrainError(f"{out} exists and is not empty; use --resume {out} or a new folder")
 
-    graph = spec.graph(len(classes))
-    model = ShuffleNet(graph, variant=spec.name)
-    weights, init_source = _initial_weights(cfg, len(classes))
-    model.load_numpy(weights)
-    logits_name = _logits_name(graph)
-    head_params = {graph.nodes[[n.output for n in graph.nodes].index(logits_name)].params[r]
-                   for r in ("weight", "bias")}
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
-    scratch = cfg.pretrained is None
-    default_lr = {"sgd": (0.1, 0.01), "adamw": (3e-3, 3e-4)}[cfg.optimizer][0 if scratch else 1]
-    base_lr = cfg.lr if cfg.lr is not None else default_lr
-    wd = cfg.weight_decay if cfg.weight_decay is not None else (4e-5 if cfg.optimizer == "sgd" else 0.05)
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = (torch.optim.AdamW(groups, lr=base_lr) if cfg.optimizer == "adamw"
-           else torch.optim.SGD(groups, lr=base_lr, momentum=0.9, nesterov=True))
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema else None
-    history: list[dict] = []
-    start_epoch, start_step, global_step, best = 0, 0, 0, None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if ema is not None and "ema" in ckpt:
-            ema = dict(ckpt["ema"])
-        start_epoch, start_step, global_step = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["global_step"])
-        history = json.loads(ckpt["history"])
-        best = ckpt.get("best")
-        best = None if best is None else float(best)
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", lambda t: t.write_text(json.dumps(asdict(cfg), indent=2) + "\n"))
-        atomic_write(out / "classes.json", lambda t: t.write_text(json.dumps(classes) + "\n"))
+    def build_model(self) -> None:
+        """The model with its initial weights, the optimizer (and base learning rate), the EMA."""
+        from .torch_models import ShuffleNet
 
-    net = _LogitsOnly(model, logits_name)  # training reads logits, even where a Softmax ends the graph
-    if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel
+        graph = self.spec.graph(len(self.classes))
+        self.model = ShuffleNet(graph, variant=self.spec.name)
+        weights, self.init_source = _initial_weights(self.cfg, len(self.classes))
+        self.model.load_numpy(weights)
+        self.logits_name = _logits_name(graph)
+        self.head_params = {graph.head.params[r] for r in ("weight", "bias")}
+        self.base_lr, self.opt = _optimizer(self.model, self.cfg)
+        self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    if self.cfg.ema else None)
 
-        net = DistributedDataParallel(net, broadcast_buffers=True)
-    amp = _amp_dtype(cfg.amp)
-    train_data = _dataset(train_set, recipe, cfg, train=True)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / world) / cfg.batch_size)  # per rank
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    t0 = time.perf_counter()
-    interrupted = False
+    def restore_or_start(self) -> None:
+        """Resuming: the model, optimizer, EMA, position and history from the checkpoint. A new
+        run: the run folder with config.json and classes.json."""
+        ckpt = self.ckpt
+        self.history: list[dict] = []
+        self.start_epoch, self.start_step, self.global_step, self.best = 0, 0, 0, None
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.ema is not None and "ema" in ckpt:
+                self.ema = dict(ckpt["ema"])
+            self.start_epoch, self.start_step = int(ckpt["epoch"]), int(ckpt["step"])
+            self.global_step = int(ckpt["global_step"])
+            self.history = json.loads(ckpt["history"])
+            best = ckpt.get("best")
+            self.best = None if best is None else float(best)
+        elif self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            config, classes = asdict(self.cfg), self.classes
+            atomic_write(self.out / "config.json", lambda t: t.write_text(json.dumps(config, indent=2) + "\n"))
+            atomic_write(self.out / "classes.json", lambda t: t.write_text(json.dumps(classes) + "\n"))
 
-    def loader(keys, data):
-        return torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=_Keys(keys),
-                                           num_workers=cfg.workers, drop_last=False)
+    def prepare_steps(self) -> None:
+        """The network the steps run (DDP-wrapped under torchrun), autocast, the training data
+        and the learning-rate schedule's lengths; the run's clock starts."""
+        cfg = self.cfg
+        self.net = _LogitsOnly(self.model, self.logits_name)  # logits, even where a Softmax ends the graph
+        if self.dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
 
-    def checkpoint(epoch: int, step: int, stats: dict | None = None) -> None:
+            self.net = DistributedDataParallel(self.net, broadcast_buffers=True)
+        self.amp = _amp_dtype(cfg.amp)
+        self.train_data = _dataset(self.train_set, self.recipe, cfg, train=True)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.train_set) / self.world) / cfg.batch_size)  # per rank
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.t0 = time.perf_counter()
+
+    def run_epochs(self, progress: Callable | None, on_epoch: Callable | None,
+                   stop_after_steps: int | None) -> bool:
+        """The epochs from the start position; whether the run was interrupted (its checkpoint
+        then stands at a step boundary)."""
+        ckpt = self.ckpt
+        self.skipped: dict[str, str] = json.loads(ckpt.get("skipped", "{}")) if ckpt is not None else {}
+        self.resumed_stats = json.loads(ckpt.get("epoch_stats", "null")) if ckpt is not None else None
+        self.stats: dict = {}
+        interrupts = _Interrupts(self.dist)
+        epoch = self.start_epoch
+        try:
+            with interrupts:
+                for epoch in range(self.start_epoch, self.cfg.epochs):
+                    self.train_epoch(epoch, interrupts, progress, stop_after_steps)
+                    row = self.end_epoch(epoch)
+                    if on_epoch is not None and self.rank == 0:
+                        on_epoch(row, self.cfg.epochs)
+                    if interrupts.stop_now() and epoch + 1 < self.cfg.epochs:
+                        raise _StopAtBoundary(None)  # the checkpoint is written already
+        except _StopAtBoundary as stop:
+            if stop.args[0] is not None:
+                self.checkpoint(epoch, stop.args[0], self.stats)
+            return True
+        except KeyboardInterrupt:  # a second Ctrl-C mid-step: that step is discarded, the last checkpoint stands
+            return True
+        return False
+
+    def train_epoch(self, epoch: int, interrupts: _Interrupts, progress: Callable | None,
+                    stop_after_steps: int | None) -> None:
+        """One epoch's steps (in the first epoch of a resumed run, those after the checkpoint's);
+        raises :class:`_StopAtBoundary` between two steps to stop."""
+        cfg = self.cfg
+        frozen = epoch < cfg.freeze_backbone_epochs
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(not frozen or name in self.head_params)
+        self.net.train()
+        keys = _epoch_keys(len(self.train_set), epoch, cfg.seed, self.rank, self.world, shuffle=True)
+        skip = self.start_step if epoch == self.start_epoch else 0
+        keys = keys[skip * cfg.batch_size:]
+        self.stats = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0,
+                      "lr": _lr_at(max(self.global_step - 1, 0), self.total_steps, self.warmup, self.base_lr)}
+        if epoch == self.start_epoch and skip and self.resumed_stats:
+            self.stats = self.resumed_stats  # the epoch's statistics so far, as the checkpoint left them
+        self.epoch_t0 = time.perf_counter() - self.stats["seconds"]
+        for step, (x, y, why) in enumerate(self._loader(keys, self.train_data), start=skip):
+            at = (step - skip) * cfg.batch_size
+            x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], self.train_set, self.skipped)
+            loss = self._step(x, y, len(why))
+            if progress:
+                progress(epoch, step + 1, self.steps_per_epoch, float("nan") if loss is None else loss)
+            if interrupts.stop_now() or (stop_after_steps is not None and self.global_step >= stop_after_steps):
+                self.stats["seconds"] = time.perf_counter() - self.epoch_t0
+                raise _StopAtBoundary(step + 1)
+        if self.dist is not None:  # one set of BN statistics: rank 0's
+            for b in self.model.buffers():
+                self.dist.broadcast(b, 0)
+        self.stats["seconds"] = time.perf_counter() - self.epoch_t0
+
+    def _loader(self, keys, data):
+        torch = import_torch("training")
+        return torch.utils.data.DataLoader(data, batch_size=self.cfg.batch_size, sampler=_Keys(keys),
+                                           num_workers=self.cfg.workers, drop_last=False)
+
+    def _step(self, x, y, loaded: int) -> float | None:
+        """One optimizer step at the schedule's learning rate, then the EMA; the loss."""
+        lr = _lr_at(self.global_step, self.total_steps, self.warmup, self.base_lr)
+        loss = _train_step(self.net, self.model, self.opt, x, y, lr, self.amp, self.cfg, self.stats, loaded)
+        self.global_step += 1  # also for a batch of only unreadable images: the schedule stays put
+        if self.ema is not None:
+            _update_ema(self.ema, self.model, self.cfg.ema)
+        self.stats["lr"] = lr
+        return loss
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Checkpoint, validate, save the last and best weights and the metrics; the epoch's row."""
+        stats = self.stats
+        self.checkpoint(epoch, self.steps_per_epoch, stats)  # before validation, which may fail or be interrupted
+        val_loss, val_acc = (_evaluate(self.model, self.ema, self.val_set, self.recipe, self.cfg, self.logits_name,
+                                       self.skipped) if self.val_set else (None, None))
+        row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
+               "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
+               "val_loss": val_loss, "val_acc": val_acc, "lr": stats["lr"],
+               "seconds": time.perf_counter() - self.epoch_t0, "skipped_images": len(self.skipped)}
+        self.history.append(row)
+        if self.rank == 0:
+            self._save_weights(val_acc)
+            _write_metrics(self.out, self.history)
+            _write_skipped(self.out, self.skipped)
+        self.checkpoint(epoch + 1, 0)
+        return row
+
+    def _save_weights(self, val_acc: float | None) -> None:
+        """``last.safetensors``, and ``best.safetensors`` when ``val_acc`` is the best so far (or
+        there is no validation): the EMA weights when there is an EMA."""
+        eval_state = self.ema if self.ema is not None else self.model.state_dict()
+        numpy_state = {k: v.detach().cpu().numpy() for k, v in eval_state.items()}
+        meta = _st_meta(self.cfg, self.classes, self.init_source)
+        save_weights(numpy_state, self.out / "last.safetensors", metadata=meta)
+        if val_acc is None or self.best is None or val_acc > self.best:
+            self.best = val_acc
+            save_weights(numpy_state, self.out / "best.safetensors", metadata=meta)
+
+    def checkpoint(self, epoch: int, step: int, stats: dict | None = None) -> None:
         """Only ever called between steps: the model, optimizer and BN counters agree with
         ``global_step``. ``stats``: the epoch's running train statistics when mid-epoch."""
-        if rank != 0:
+        if self.rank != 0:
             return
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                 "global_step": global_step, "config": json.dumps(asdict(cfg)), "classes": json.dumps(classes),
-                 "history": json.dumps(history), "best": best, "skipped": json.dumps(skipped),
-                 "epoch_stats": json.dumps(stats)}
-        if ema is not None:
-            state["ema"] = ema
-        atomic_write(ckpt_path, lambda t: torch.save(state, t))
+        torch = import_torch("training")
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
+                 "step": step, "global_step": self.global_step, "config": json.dumps(asdict(self.cfg)),
+                 "classes": json.dumps(self.classes), "history": json.dumps(self.history), "best": self.best,
+                 "skipped": json.dumps(self.skipped), "epoch_stats": json.dumps(stats)}
+        if self.ema is not None:
+            state["ema"] = self.ema
+        atomic_write(self.ckpt_path, lambda t: torch.save(state, t))
 
-    skipped: dict[str, str] = json.loads(ckpt.get("skipped", "{}")) if ckpt is not None else {}
-    resumed_stats = json.loads(ckpt.get("epoch_stats", "null")) if ckpt is not None else None
-    stats: dict = {}
-    interrupts = _Interrupts(dist)
-    epoch = start_epoch
-    try:
-        with interrupts:
-            for epoch in range(start_epoch, cfg.epochs):
-                frozen = epoch < cfg.freeze_backbone_epochs
-                for name, p in model.named_parameters():
-                    p.requires_grad_(not frozen or name in head_params)
-                net.train()
-                keys = _epoch_keys(len(train_set), epoch, cfg.seed, rank, world, shuffle=True)
-                skip = start_step if epoch == start_epoch else 0
-                keys = keys[skip * cfg.batch_size:]
-                stats = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0,
-                         "lr": _lr_at(max(global_step - 1, 0), total_steps, warmup, base_lr)}
-                if epoch == start_epoch and skip and resumed_stats:
-                    stats = resumed_stats  # the epoch's statistics so far, as the checkpoint left them
-                ep_t = time.perf_counter() - stats["seconds"]
-                for step, (x, y, why) in enumerate(loader(keys, train_data), start=skip):
-                    at = (step - skip) * cfg.batch_size
-                    x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], train_set, skipped)
-                    lr = _lr_at(global_step, total_steps, warmup, base_lr)
-                    loss = _train_step(net, model, opt, x, y, lr, amp, cfg, stats, len(why))
-                    global_step += 1  # also for a batch of only unreadable images: the schedule stays put
-                    if ema is not None:
-                        _update_ema(ema, model, cfg.ema)
-                    stats["lr"] = lr
-                    if progress:
-                        progress(epoch, step + 1, steps_per_epoch, float("nan") if loss is None else loss)
-                    if interrupts.stop_now() or (stop_after_steps is not None and global_step >= stop_after_steps):
-                        stats["seconds"] = time.perf_counter() - ep_t
-                        raise _StopAtBoundary(step + 1)
-                if dist is not None:  # one set of BN statistics: rank 0's
-                    for b in model.buffers():
-                        dist.broadcast(b, 0)
-                stats["seconds"] = time.perf_counter() - ep_t
-                checkpoint(epoch, steps_per_epoch, stats)  # before validation, which may fail or be interrupted
-                val_loss, val_acc = (_evaluate(model, ema, val_set, recipe, cfg, logits_name, skipped)
-                                     if val_set else (None, None))
-                row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
-                       "train_acc": 100 * stats["correct"] / max(stats["seen"], 1),
-                       "val_loss": val_loss, "val_acc": val_acc, "lr": stats["lr"],
-                       "seconds": time.perf_counter() - ep_t, "skipped_images": len(skipped)}
-                history.append(row)
-                if rank == 0:
-                    eval_state = ema if ema is not None else model.state_dict()
-                    numpy_state = {k: v.detach().cpu().numpy() for k, v in eval_state.items()}
-                    save_weights(numpy_state, out / "last.safetensors", metadata=_st_meta(cfg, classes, init_source))
-                    if val_acc is None or best is None or val_acc > best:
-                        best = val_acc
-                        save_weights(numpy_state, out / "best.safetensors", metadata=_st_meta(cfg, classes, init_source))
-                    _write_metrics(out, history)
-                    _write_skipped(out, skipped)
-                checkpoint(epoch + 1, 0)
-                if on_epoch is not None and rank == 0:
-                    on_epoch(row, cfg.epochs)
-                if interrupts.stop_now() and epoch + 1 < cfg.epochs:
-                    raise _StopAtBoundary(None)  # the checkpoint is written already
-    except _StopAtBoundary as stop:
-        interrupted = True
-        if stop.args[0] is not None:
-            checkpoint(epoch, stop.args[0], stats)
-    except KeyboardInterrupt:  # a second Ctrl-C mid-step: that step is discarded, the last checkpoint stands
-        interrupted = True
-    ddp_info = None
-    if dist is not None and not interrupted:
-        digest = weights_digest({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
-        digests = [None] * world
-        dist.all_gather_object(digests, digest)
-        ddp_info = {"world_size": world, "identical_weights": len(set(digests)) == 1, "digests": digests}
+    def finish(self, interrupted: bool) -> TrainResult:
+        """Under DDP, check that the ranks agree and close the process group; the result, and
+        ``summary.json`` for a run that finished."""
+        ddp_info = self._compare_ranks() if self.dist is not None and not interrupted else None
+        if self.dist is not None and self.owned_group:
+            self.dist.barrier()
+            self.dist.destroy_process_group()  # exiting with gloo's threads alive can abort (SIGABRT) the ranks
+        history = self.history
+        result = TrainResult(self.out, self.cfg.variant, self.best, history[-1]["val_acc"] if history else None,
+                             len(history), interrupted, time.perf_counter() - self.t0, history, ddp_info)
+        if self.rank == 0 and not interrupted:
+            summary = {"best_val_acc": self.best, "final_val_acc": result.final_val_acc, "epochs": len(history),
+                       "seconds_this_session": result.seconds, "classes": self.classes, "init": self.init_source,
+                       "ddp": ddp_info, "train_images": len(self.train_set), "val_images": len(self.val_set),
+                       "skipped_images": _skipped_list(self.skipped)}
+            atomic_write(self.out / "summary.json", lambda t: t.write_text(strict_dumps(summary, indent=2) + "\n"))
+        return result
+
+    def _compare_ranks(self) -> dict:
+        """The digests of every rank's weights; a :class:`TrainError` when they differ."""
+        digest = weights_digest({k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()})
+        digests = [None] * self.world
+        self.dist.all_gather_object(digests, digest)
+        ddp_info = {"world_size": self.world, "identical_weights": len(set(digests)) == 1, "digests": digests}
         if not ddp_info["identical_weights"]:
             raise TrainError(f"ranks ended with different weights: {digests}")
-    if dist is not None and owned_group:
-        dist.barrier()
-        dist.destroy_process_group()  # exiting with gloo's threads alive can abort (SIGABRT) the ranks
-    result = TrainResult(out, cfg.variant, best, history[-1]["val_acc"] if history else None, len(history), interrupted,
-                         time.perf_counter() - t0, history, ddp_info)
-    if rank == 0 and not interrupted:
-        summary = {"best_val_acc": best, "final_val_acc": result.final_val_acc, "epochs": len(history),
-                   "seconds_this_session": result.seconds, "classes": classes, "init": init_source,
-                   "ddp": ddp_info, "train_images": len(train_set), "val_images": len(val_set),
-                   "skipped_images": _skipped_list(skipped)}
-        atomic_write(out / "summary.json", lambda t: t.write_text(strict_dumps(summary, indent=2) + "\n"))
-    return result
+        return ddp_info
 
 
 def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Callable | None = None,
