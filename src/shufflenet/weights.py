@@ -364,21 +364,23 @@ def _needs_code(message: str) -> bool:
     return any(s in message for s in ("Unsupported global", "Unsupported class", "not an allowed global"))
 
 
-def _unwrap(obj, tensor_type: type):
-    """Common wrappers: {"state_dict": ...}, {"model": ...}, {"model_state_dict": ...}; a mapping
-    that holds tensors is the state dict itself."""
+def _state_dict_of(obj, tensor_type: type, path: Path) -> Mapping:
+    """The state dict in what a reader returned, unwrapping the common wrappers ({"state_dict":
+    ...}, {"model": ...}, {"model_state_dict": ...}; a mapping that holds tensors is the state
+    dict itself)."""
     if isinstance(obj, Mapping) and not any(isinstance(v, tensor_type) for v in obj.values()):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
-                return obj[key]
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
 
 
 def _plain_state_dict(obj, path: Path) -> Weights:
     """The state dict that the torch-free reader returned, as a numpy dict."""
-    obj = _unwrap(obj, np.ndarray)
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    obj = _state_dict_of(obj, np.ndarray, path)
     out: Weights = {}
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, np.ndarray):
@@ -391,9 +393,7 @@ def _state_dict_to_numpy(obj, path: Path) -> Weights:
     """What torch.load returned, as a numpy dict (sizes capped before any copy)."""
     import torch
 
-    obj = _unwrap(obj, torch.Tensor)
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    obj = _state_dict_of(obj, torch.Tensor, path)
     out: Weights = {}
     total = 0
     for k, v in obj.items():
