@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from .errors import CheckFailedError, ShuffleNetError
 from .limits import DOWNLOAD_DEADLINE_S, MAX_UNSIZED_DOWNLOAD_BYTES
 from .specs import Artifact, artifacts
-from ._io import one_line, sha256_file
+from ._io import atomic_write, one_line, sha256_file
 
 __all__ = ["HubError", "HashMismatchError", "FetchFailedError", "DownloadError", "DownloadConnectionError",
            "DownloadStatusError", "DownloadRefusedError", "DownloadTooLargeError", "DownloadDeadlineError",
@@ -237,7 +237,7 @@ def _download_verified(a: Artifact, path: Path, progress: Progress | None) -> Pa
                 failures.append(e)
                 continue
             if a.sha256_prefix is not None:
-                path.with_name(path.name + ".sha256").write_text(digest + "\n")
+                atomic_write(path.with_name(path.name + ".sha256"), lambda tmp: tmp.write_text(digest + "\n"))
             os.replace(part, path)
             return path
     finally:
