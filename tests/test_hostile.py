@@ -172,24 +172,27 @@ def _leftovers(cache):
 def test_4_unsized_download_is_capped(cache, monkeypatch):
     monkeypatch.setattr(hub, "MAX_UNSIZED_DOWNLOAD_BYTES", 1 << 20)
     with _Server(b"x" * (3 << 20)) as server:  # no Content-Length: only the cap stops it
-        with pytest.raises(hub.HubError, match="more than the limit of 1,048,576 bytes"):
+        with pytest.raises(hub.HubError, match="more than the limit of 1,048,576 bytes") as e:
             hub.fetch(_unsized(server.url))
+    assert [type(f) for f in e.value.failures] == [hub.DownloadTooLargeError]
     assert _leftovers(cache) == []
 
 
 def test_4_unsized_download_with_a_large_content_length_is_refused_before_reading(cache, monkeypatch):
     monkeypatch.setattr(hub, "MAX_UNSIZED_DOWNLOAD_BYTES", 1 << 20)
     with _Server(b"x" * 10, length=5 << 20) as server:
-        with pytest.raises(hub.HubError, match="5,242,880 bytes, more than the limit"):
+        with pytest.raises(hub.HubError, match="5,242,880 bytes, more than the limit") as e:
             hub.fetch(_unsized(server.url))
+    assert [type(f) for f in e.value.failures] == [hub.DownloadTooLargeError]
     assert _leftovers(cache) == []
 
 
 def test_5_a_dripping_server_meets_the_overall_deadline(cache, monkeypatch):
     monkeypatch.setattr(hub, "DOWNLOAD_DEADLINE_S", 0.5)
     with _Server(b"y" * 200, drip=0.05) as server:  # 10 s in all, each read well inside the socket timeout
-        with pytest.raises(hub.HubError, match="deadline"):
+        with pytest.raises(hub.HubError, match="deadline") as e:
             hub.fetch(_unsized(server.url))
+    assert [type(f) for f in e.value.failures] == [hub.DownloadDeadlineError]
     assert _leftovers(cache) == []
 
 

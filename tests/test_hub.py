@@ -3,6 +3,8 @@
 import contextlib
 import hashlib
 import http.server
+import re
+import socket
 import threading
 
 import onnx
@@ -95,9 +97,13 @@ def test_success_and_verified_reload(server, cache):
 
 def test_cut_connection_leaves_nothing(server, cache):
     server.mode = "cut"
-    with pytest.raises(hub.HubError, match="could not be downloaded.*put it at"):
+    with pytest.raises(hub.HubError, match="could not be downloaded.*put it at") as e:
         hub.fetch(_artifact(server.url))
     assert _leftovers(cache) == []
+    assert type(e.value) is hub.FetchFailedError and e.value.exit_code == 2
+    (failure,) = e.value.failures
+    assert type(failure) is hub.DownloadConnectionError and failure.url == server.url
+    assert server.requests == hub.ATTEMPTS  # a cut connection is resumed
 
 
 def test_resume_with_range(server, cache):
@@ -109,9 +115,11 @@ def test_resume_with_range(server, cache):
 
 def test_wrong_hash_is_refused(server, cache):
     server.mode = "wrong"
-    with pytest.raises(hub.HashMismatchError, match="sha256"):
-        hub.fetch(_artifact(server.url))
+    with pytest.raises(hub.HashMismatchError, match="sha256") as e:
+        hub.fetch(_artifact(server.url, urls=(server.url, "http://127.0.0.1:9/f.bin")))
     assert _leftovers(cache) == []
+    assert e.value.exit_code == 1  # some mirror served the wrong bytes: a failed check
+    assert [type(f) for f in e.value.failures] == [hub.HashMismatchError, hub.DownloadConnectionError]
 
 
 def test_corrupted_cache_is_detected_on_load(server, cache):
@@ -180,6 +188,63 @@ def test_a_path_never_touches_the_network(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "_download", boom)
     path = save_model(export_onnx("shufflenet_v2_x0_5"), tmp_path / "m.onnx")
     assert Classifier(str(path)).num_classes == 1000
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET /CODE/... with that HTTP status."""
+
+    hits = 0
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        type(self).hits += 1
+        self.send_error(int(self.path.split("/")[1]))
+
+
+@pytest.mark.parametrize("code,attempts", [(404, 1), (403, 1), (503, hub.ATTEMPTS)])
+def test_http_status_is_a_typed_failure_retried_only_for_server_errors(cache, code, attempts):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StatusHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _StatusHandler.hits = 0
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{code}/f.bin"
+    try:
+        with pytest.raises(hub.FetchFailedError, match=f"could not be downloaded \\({re.escape(url)}: ") as e:
+            hub.fetch(_artifact(url))
+    finally:
+        httpd.shutdown()
+    (failure,) = e.value.failures
+    assert type(failure) is hub.DownloadStatusError and failure.status == code
+    assert _StatusHandler.hits == attempts and _leftovers(cache) == []
+
+
+def test_an_answer_that_is_not_http_is_a_connection_failure(cache):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def garbage():
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"garbage\r\n\r\n")
+
+    threading.Thread(target=garbage, daemon=True).start()
+    try:
+        with pytest.raises(hub.FetchFailedError, match=r"f\.bin: garbage\)") as e:
+            hub.fetch(_artifact(f"http://127.0.0.1:{listener.getsockname()[1]}/f.bin"))
+    finally:
+        listener.close()
+    assert type(e.value.failures[0]) is hub.DownloadConnectionError and "\n" not in str(e.value)
+
+
+def test_unsupported_scheme_is_refused_before_connecting(cache):
+    with pytest.raises(hub.FetchFailedError, match="unsupported URL scheme") as e:
+        hub.fetch(_artifact("ftp://example.invalid/f.bin"))
+    assert type(e.value.failures[0]) is hub.UnsupportedURLError
 
 
 def test_unknown_artifact_lists_known_ones():

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ._calibrate import calibrate
-from ._io import atomic_write, import_torch, sha256_file  # noqa: F401  (re-exported: old import path)
+from ._io import atomic_write, import_torch, one_line, sha256_file  # noqa: F401  (re-exported: old import path)
 from ._safeio import json_loads, read_capped, read_text, regular_file
 from .errors import MissingDependencyError, UnsafeFileError, WeightsError
 from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES
@@ -189,8 +189,6 @@ def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -238,8 +236,6 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike,
             torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
 
     return atomic_write(path, write)
-
-
 
 
 def _load_npz(path: Path) -> Weights:
@@ -326,8 +322,6 @@ def _safetensors_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, 
     return struct.pack("<Q", len(head)) + head + b"".join(blobs)
 
 
-
-
 def _load_torch(path: Path) -> Weights:
     from ._torch_pickle import check_archive_sizes
 
@@ -361,11 +355,8 @@ def _load_torch(path: Path) -> Weights:
 
 def _torch_reason(e: Exception) -> str:
     """The informative line of torch's long weights_only message (else its first line)."""
-    text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    if m:
-        return m.group(1).strip()
-    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+    return m.group(1).strip() if m else one_line(e, line="first")
 
 
 def _needs_code(message: str) -> bool:
@@ -373,19 +364,23 @@ def _needs_code(message: str) -> bool:
     return any(s in message for s in ("Unsupported global", "Unsupported class", "not an allowed global"))
 
 
-def _unwrap(obj):
-    """Common wrappers: {"state_dict": ...}, {"model": ...}, {"model_state_dict": ...}."""
-    if isinstance(obj, Mapping):
+def _state_dict_of(obj, tensor_type: type, path: Path) -> Mapping:
+    """The state dict in what a reader returned, unwrapping the common wrappers ({"state_dict":
+    ...}, {"model": ...}, {"model_state_dict": ...}; a mapping that holds tensors is the state
+    dict itself)."""
+    if isinstance(obj, Mapping) and not any(isinstance(v, tensor_type) for v in obj.values()):
         for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping) and len(obj) < 20:
-                return obj[key]
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
 
 
 def _plain_state_dict(obj, path: Path) -> Weights:
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    obj = _unwrap(obj) if not any(isinstance(v, np.ndarray) for v in obj.values()) else obj
+    """The state dict that the torch-free reader returned, as a numpy dict."""
+    obj = _state_dict_of(obj, np.ndarray, path)
     out: Weights = {}
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, np.ndarray):
@@ -395,16 +390,10 @@ def _plain_state_dict(obj, path: Path) -> Weights:
 
 
 def _state_dict_to_numpy(obj, path: Path) -> Weights:
+    """What torch.load returned, as a numpy dict (sizes capped before any copy)."""
     import torch
 
-    # common wrappers: {"state_dict": ...}, {"model": ...}, {"model_ema": ...}
-    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    obj = _state_dict_of(obj, torch.Tensor, path)
     out: Weights = {}
     total = 0
     for k, v in obj.items():
@@ -482,51 +471,84 @@ def resolve_weights(
     """
     spec = variant if isinstance(variant, VariantSpec) else get_spec(variant)
     if source is None or (isinstance(source, str) and (source == "random" or source.startswith("random:"))):
-        if isinstance(source, str) and source.startswith("random:"):
-            text = source.split(":", 1)[1]
-            if not re.fullmatch(r"[0-9]+", text):
-                raise WeightsError(f"bad weights spec {source!r}: expected random:SEED with an integer seed")
-            if seed is not None and int(text) != seed:
-                raise WeightsError(f"weights {source!r} and seed={seed} disagree")
-            seed = int(text)
-        seed = 0 if seed is None else seed
+        seed = _random_seed(source, seed)
         n = 1000 if num_classes is None else num_classes
         w = random_weights(spec, seed=seed, num_classes=n)
         return w, WeightSource("random", f"random:{seed}", weights_digest(w), seed), n
     if seed is not None:
         raise WeightsError("seed only applies to random weights; it conflicts with the given weights")
-    extra: dict = {}
     if isinstance(source, Mapping):
-        raw, desc, digest, kind = dict(source), "<numpy dict>", None, "dict"
+        raw = _Read(dict(source), "dict", "<numpy dict>")
     else:
-        if str(source) == "torchvision":
-            from .hub import fetch
+        raw = _read_file(source, spec, num_classes)
+    n = _num_classes(raw.weights, spec, num_classes)
+    w = conform(raw.weights, spec.graph(n), what=raw.description)
+    return w, WeightSource(raw.kind, raw.description, raw.sha256 or weights_digest(w),
+                           labels=raw.labels, input_size=raw.input_size), n
 
-            # the published weights: torchvision's checkpoint, else (the Caffe2 V1) the initializers
-            # of the Model Zoo's newest fp32 file of the same network
-            published = [a for a in (default_artifact(spec.name),) if a is not None]
-            if not published:
-                raise WeightsError(f"no published weights exist for {spec.name}; use random or a path")
-            source = fetch(published[0])
-        path = Path(source)
-        run = training_run(path)
-        if run is not None:
-            path, info = run
-            if info["variant"] != spec.name:
-                raise WeightsError(f"{source} is a training run of {info['variant']}, not {spec.name}")
-            extra = {"labels": tuple(info["classes"]), "input_size": info["img_size"]}
-        if path.suffix.lower() == ".onnx" and path.is_file():
-            raw = weights_from_onnx(path, spec, num_classes)
-        else:
-            raw = load_weights(path)
-        desc, digest, kind = str(path), sha256_file(path), "run" if run else "file"
+
+@dataclass(frozen=True)
+class _Read:
+    """Weights as read, before the architecture check, and what the provenance needs."""
+
+    weights: Weights
+    kind: str  # as WeightSource.kind
+    description: str
+    sha256: str | None = None  # of the file; None: of the values, once checked
+    labels: tuple[str, ...] | None = None
+    input_size: int | None = None
+
+
+def _random_seed(source: str | None, seed: int | None) -> int:
+    """The seed of None or "random" (``seed``, default 0), or of "random:SEED" (which ``seed``
+    may repeat but not contradict)."""
+    if source is not None and source.startswith("random:"):
+        text = source.split(":", 1)[1]
+        if not re.fullmatch(r"[0-9]+", text):
+            raise WeightsError(f"bad weights spec {source!r}: expected random:SEED with an integer seed")
+        if seed is not None and int(text) != seed:
+            raise WeightsError(f"weights {source!r} and seed={seed} disagree")
+        seed = int(text)
+    return 0 if seed is None else seed
+
+
+def _read_file(source: str | os.PathLike, spec: VariantSpec, num_classes: int | None) -> _Read:
+    """A weights file, a .onnx, a training run folder, or "torchvision" (the published file)."""
+    if str(source) == "torchvision":
+        source = _published_file(spec)
+    path = Path(source)
+    run = training_run(path)
+    labels = input_size = None
+    if run is not None:
+        path, info = run
+        if info["variant"] != spec.name:
+            raise WeightsError(f"{source} is a training run of {info['variant']}, not {spec.name}")
+        labels, input_size = tuple(info["classes"]), info["img_size"]
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        raw = weights_from_onnx(path, spec, num_classes)
+    else:
+        raw = load_weights(path)
+    return _Read(raw, "run" if run else "file", str(path), sha256_file(path), labels, input_size)
+
+
+def _published_file(spec: VariantSpec) -> Path:
+    """The published weights, fetched: torchvision's checkpoint, else (the Caffe2 V1) the Model
+    Zoo's newest fp32 file of the same network, whose initializers are read."""
+    from .hub import fetch
+
+    artifact = default_artifact(spec.name)
+    if artifact is None:
+        raise WeightsError(f"no published weights exist for {spec.name}; use random or a path")
+    return fetch(artifact)
+
+
+def _num_classes(raw: Mapping[str, np.ndarray], spec: VariantSpec, num_classes: int | None) -> int:
+    """The classifier's outputs: the weights' own, which ``num_classes`` must not contradict."""
     found = infer_num_classes(raw, spec)
     if num_classes is not None and found is not None and found != num_classes:
         raise WeightsError(f"num_classes={num_classes} contradicts the weights, whose classifier "
                            f"has {found} outputs")
-    n = found or num_classes or 1000
-    w = conform(raw, spec.graph(n), what=desc)
-    return w, WeightSource(kind, desc, digest or weights_digest(w), **(extra if kind == "run" else {})), n
+    return found or num_classes or 1000
 
 
 # --------------------------------------------------------------------------- ONNX initializers
@@ -592,34 +614,19 @@ def _unpad(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
-    from onnx import helper
-
-    onnx_layers = []
-    for n in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if n.op_type in ("Conv", "BatchNormalization", "Gemm"):
-            missing = [i for i in n.input[1:] if i and i not in inits]
-            if missing:
-                raise WeightsError(f"{path}: {n.op_type} node {n.name or n.output[0]} reads "
-                                   f"{missing[0]!r}, which is not an initializer")
-            arrays = [inits[i] for i in n.input[1:] if i]
-            if n.op_type == "Gemm" and not attrs.get("transB", 0):
-                arrays[0] = arrays[0].T
-            onnx_layers.append((n.op_type, arrays))
-    ours = [n for n in graph.nodes if n.op in ("conv", "bn", "linear")]
+    """Pair the model's Conv/BatchNormalization/Gemm nodes with the description's layers in
+    order; without BatchNorms (folded), identity BatchNorms carry the convolutions' biases."""
+    onnx_layers = _onnx_layers(model, inits, path)
     has_bn = any(op == "BatchNormalization" for op, _ in onnx_layers)
-    if not has_bn:
-        ours_layers = [n for n in ours if n.op != "bn"]
-    else:
-        ours_layers = ours
-    if len(onnx_layers) != len(ours_layers):
+    ours = [n for n in graph.nodes if n.op in ("conv", "linear") or (n.op == "bn" and has_bn)]
+    if len(onnx_layers) != len(ours):
         raise WeightsError(f"{path}: {len(onnx_layers)} Conv/BatchNormalization/Gemm nodes, the "
-                           f"architecture has {len(ours_layers)}; not the same network")
+                           f"architecture has {len(ours)}; not the same network")
     kind = {"Conv": "conv", "BatchNormalization": "bn", "Gemm": "linear"}
     table = graph.param_table()
     out: Weights = {}
-    pending_bias: dict[str, np.ndarray] = {}
-    for (op, arrays), node in zip(onnx_layers, ours_layers):
+    folded_biases: dict[str, np.ndarray] = {}
+    for (op, arrays), node in zip(onnx_layers, ours):
         if kind[op] != node.op:
             raise WeightsError(f"{path}: found {op} where the architecture has {node.op} "
                                f"({node.output}); not the same network")
@@ -627,7 +634,7 @@ def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
                  "bn": ("weight", "bias", "running_mean", "running_var")}[node.op]
         for role, arr in zip(roles, arrays):
             if role == "bias" and node.op == "conv" and "bias" not in node.params:
-                pending_bias[node.output] = arr  # a folded BN's bias
+                folded_biases[node.output] = arr  # a folded BN's bias
                 continue
             key = node.params[role]
             arr = _unpad(arr, table[key].shape)
@@ -635,17 +642,44 @@ def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
                 raise WeightsError(f"{path}: {op} parameter for {key!r} has shape {tuple(arr.shape)}, "
                                    f"the architecture needs {table[key].shape}")
             out[key] = arr
-    if not has_bn:  # folded: identity BatchNorms carry the conv biases
-        for bn in (n for n in graph.nodes if n.op == "bn"):
-            conv_out = bn.inputs[0]
-            c = bn.attrs["channels"]
-            folded_bias = pending_bias.pop(conv_out, None)
-            folded_bias = None if folded_bias is None else folded_bias[:c]  # a padded model's extra channels
-            conv = next(n for n in graph.nodes if n.output == conv_out)
-            if "bias" in conv.params:  # the folded bias sits in the conv's own slot
-                folded_bias, out[conv.params["bias"]] = out[conv.params["bias"]], np.zeros(c, np.float32)
-            out[bn.params["weight"]] = np.ones(c, np.float32)
-            out[bn.params["bias"]] = np.zeros(c, np.float32) if folded_bias is None else folded_bias
-            out[bn.params["running_mean"]] = np.zeros(c, np.float32)
-            out[bn.params["running_var"]] = np.full(c, 1.0 - bn.attrs["eps"], np.float32)
+    if not has_bn:
+        _identity_batchnorms(graph, out, folded_biases)
     return out
+
+
+def _onnx_layers(model, inits, path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """(op type, parameter arrays) of each Conv/BatchNormalization/Gemm node in graph order; a
+    Gemm's weight as (out, in) whatever its transB."""
+    from onnx import helper
+
+    layers = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "BatchNormalization", "Gemm"):
+            continue
+        missing = [i for i in n.input[1:] if i and i not in inits]
+        if missing:
+            raise WeightsError(f"{path}: {n.op_type} node {n.name or n.output[0]} reads "
+                               f"{missing[0]!r}, which is not an initializer")
+        arrays = [inits[i] for i in n.input[1:] if i]
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Gemm" and not attrs.get("transB", 0):
+            arrays[0] = arrays[0].T
+        layers.append((n.op_type, arrays))
+    return layers
+
+
+def _identity_batchnorms(graph: Graph, out: Weights, folded_biases: dict[str, np.ndarray]) -> None:
+    """Fill each BatchNorm of a folded model as the identity (gamma 1, mean 0, var 1 - eps)
+    whose beta is the bias folded into the convolution before it."""
+    for bn in (n for n in graph.nodes if n.op == "bn"):
+        conv_out = bn.inputs[0]
+        c = bn.attrs["channels"]
+        folded_bias = folded_biases.pop(conv_out, None)
+        folded_bias = None if folded_bias is None else folded_bias[:c]  # a padded model's extra channels
+        conv = next(n for n in graph.nodes if n.output == conv_out)
+        if "bias" in conv.params:  # the folded bias sits in the conv's own slot
+            folded_bias, out[conv.params["bias"]] = out[conv.params["bias"]], np.zeros(c, np.float32)
+        out[bn.params["weight"]] = np.ones(c, np.float32)
+        out[bn.params["bias"]] = np.zeros(c, np.float32) if folded_bias is None else folded_bias
+        out[bn.params["running_mean"]] = np.zeros(c, np.float32)
+        out[bn.params["running_var"]] = np.full(c, 1.0 - bn.attrs["eps"], np.float32)
