@@ -194,7 +194,7 @@ def resolve_model(model) -> tuple[onnx.ModelProto, str]:
             try:
                 return export_onnx(text, weights="torchvision"), f"{text} (torchvision weights)"
             except HubError as e:
-                raise HubError(f"{e}; {_offline_alternatives(text)}") from None
+                raise _with_hint(e, text) from None
         onnx_files = [a for a in (default_artifact(text, "zoo-onnx"),) if a is not None]
         if onnx_files:
             return load_model_checked(_fetch_or_hint(onnx_files[-1], text)), onnx_files[-1].name
@@ -217,7 +217,14 @@ def _fetch_or_hint(artifact, variant: str) -> Path:
     try:
         return fetch(artifact)
     except HubError as e:
-        raise HubError(f"{e}; {_offline_alternatives(variant)}") from None
+        raise _with_hint(e, variant) from None
+
+
+def _with_hint(e: Exception, variant: str) -> Exception:
+    """``e`` (its class and attributes kept: callers branch on the failure class) with the
+    offline alternatives added to its message."""
+    e.args = (f"{e}; {_offline_alternatives(variant)}", *e.args[1:])
+    return e
 
 
 class Classifier:
