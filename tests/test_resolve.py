@@ -87,3 +87,20 @@ def test_deprecated_runtime_error_name_still_imports():
     from shufflenet.runtime import RuntimeError_
 
     assert RuntimeError_ is ModelRunError
+
+
+def test_offline_hint_keeps_the_hub_failure_class(monkeypatch):
+    """A failed download of published weights says what to do offline, and stays the hub's
+    failure class (with its per-URL failures) for callers that branch on it."""
+    from shufflenet import hub
+
+    cause = hub.DownloadConnectionError("https://example.invalid/w.pth: connection refused",
+                                        "https://example.invalid/w.pth")
+
+    def fail(*_a, **_k):
+        raise hub.FetchFailedError("cannot download w.pth", [cause])
+
+    monkeypatch.setattr(hub, "fetch", fail)
+    with pytest.raises(hub.FetchFailedError, match="without the network") as info:
+        resolve_model("shufflenet_v2_x1_0")
+    assert info.value.failures == [cause] or list(info.value.failures) == [cause]
