@@ -239,3 +239,17 @@ def test_preprocessing_belongs_to_the_weights():
     row = specs.catalog(["shufflenet_v2_x1_5"])[0]
     import json
     assert json.loads(json.dumps(row))["pretrained"][0]["preprocess"]["resize"] == 232
+
+
+def test_graph_producers_and_consumers():
+    """One map each for the graph walkers (optimize's rewrites): who writes and who reads a tensor."""
+    g = specs.get_spec("shufflenet_v2_x0_5").graph()
+    producers, consumers = g.producers(), g.consumers()
+    assert set(producers) == {o for n in g.nodes for o in n.outputs}
+    assert g.input not in producers and producers[g.output] is g.head
+    assert consumers[g.input] == [g.nodes[0]] and g.output not in consumers
+    assert consumers[g.features] == [g.head]
+    split = next(n for n in g.nodes if n.op == "split")
+    assert [n.op for n in consumers[split.outputs[0]]] == ["concat"]
+    # graph order, every read listed
+    assert sum(len(v) for v in consumers.values()) == sum(len(n.inputs) for n in g.nodes)

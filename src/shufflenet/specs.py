@@ -129,6 +129,18 @@ class Graph:
     def count(self, op: str) -> int:
         return sum(1 for n in self.nodes if n.op == op)
 
+    def producers(self) -> dict[str, Node]:
+        """tensor -> the node that writes it."""
+        return {o: n for n in self.nodes for o in n.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """tensor -> the nodes that read it, in graph order (a node reading it twice is listed twice)."""
+        readers: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                readers.setdefault(i, []).append(n)
+        return readers
+
     def shapes(self, size: tuple[int, int] = (224, 224)) -> dict[str, tuple[int, ...]]:
         """Per-tensor shape without the batch axis: (C, H, W), or (C,) after flatten."""
         shapes: dict[str, tuple[int, ...]] = {self.input: (3, *size)}
