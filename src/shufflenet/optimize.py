@@ -73,7 +73,8 @@ def _v2_shuffles(graph: Graph) -> list[Node] | None:
 
 
 class _NotAbsorbable(Exception):
-    """A permuted tensor reaches a node that cannot take it: the graph is left as it is."""
+    """The permutations cannot be carried through this graph (a node that cannot take one, or
+    an order a shuffle cannot realise): the graph is left as it is."""
 
 
 class _ShuffleAbsorber:
