@@ -239,3 +239,53 @@ def test_preprocessing_belongs_to_the_weights():
     row = specs.catalog(["shufflenet_v2_x1_5"])[0]
     import json
     assert json.loads(json.dumps(row))["pretrained"][0]["preprocess"]["resize"] == 232
+
+
+def test_graph_producers_and_consumers():
+    """One map each for the graph walkers (optimize's rewrites): who writes and who reads a tensor."""
+    g = specs.get_spec("shufflenet_v2_x0_5").graph()
+    producers, consumers = g.producers(), g.consumers()
+    assert set(producers) == {o for n in g.nodes for o in n.outputs}
+    assert g.input not in producers and producers[g.output] is g.head
+    assert consumers[g.input] == [g.nodes[0]] and g.output not in consumers
+    assert consumers[g.features] == [g.head]
+    split = next(n for n in g.nodes if n.op == "split")
+    assert [n.op for n in consumers[split.outputs[0]]] == ["concat"]
+    # graph order, every read listed
+    assert sum(len(v) for v in consumers.values()) == sum(len(n.inputs) for n in g.nodes)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: specs.Preprocess(mean="abc"),  # three characters, not three numbers
+    lambda: specs.Preprocess(std=("a", "b", "c")),
+    lambda: specs.Preprocess(mean=(0.5, float("nan"), 0.5)),
+    lambda: specs.Preprocess(scale="255"),
+    lambda: specs.Preprocess(mean=None),
+    lambda: specs.Preprocess(std=(1.0, 1.0)),
+    lambda: specs.get_spec("shufflenet_v2_x0_5").graph([10]),
+    lambda: specs.get_spec("shufflenet_v2_x0_5").graph(2.0),
+    lambda: specs.v1_widths([3], 1.0),
+    lambda: specs.v1_widths(3, {}),
+])
+def test_wrong_types_are_spec_errors(make):
+    """A wrong type is refused like a wrong value (SpecError, CLI exit 2), never a bare TypeError."""
+    from shufflenet.errors import SpecError
+
+    with pytest.raises(SpecError):
+        make()
+
+
+def test_unhashable_variant_name_is_unknown():
+    with pytest.raises(UnknownVariantError, match="unknown variant"):
+        specs.get_spec(["shufflenet_v2_x0_5"])
+
+
+def test_graph_reading_an_unwritten_tensor_is_a_spec_error():
+    import dataclasses
+
+    from shufflenet.errors import SpecError
+
+    g = specs.get_spec("shufflenet_v2_x0_5").graph()
+    broken = dataclasses.replace(g, nodes=g.nodes[1:])  # the stem conv's output is never written
+    with pytest.raises(SpecError, match="which no earlier node writes"):
+        broken.shapes()

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from ._io import one_line
+from ._onnx import consumers, fixed_batch, graph_inputs, model_opset, ort_session
 from .errors import CheckFailedError
 
 __all__ = ["clean_graph"]
@@ -23,25 +25,9 @@ _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 PROBE_BATCHES = (2, 3)  # two sizes > 1: a 1 could be a broadcast dimension
 
 
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") else None
-
-
 def _inputs(model: onnx.ModelProto, batch: int, rng) -> dict[str, np.ndarray]:
-    inits = {t.name for t in model.graph.initializer}
     feeds = {}
-    for i in model.graph.input:
-        if i.name in inits:
-            continue
+    for i in graph_inputs(model):
         dims = [batch if k == 0 else d.dim_value for k, d in enumerate(i.type.tensor_type.shape.dim)]
         feeds[i.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
@@ -49,7 +35,7 @@ def _inputs(model: onnx.ModelProto, batch: int, rng) -> dict[str, np.ndarray]:
 
 def _batches(model: onnx.ModelProto, dynamic: tuple[int, ...]) -> tuple[int, ...]:
     """The batch sizes a model can run: its fixed one, else ``dynamic``."""
-    fixed = _fixed_batch(model)
+    fixed = fixed_batch(model)
     return (fixed,) if fixed else dynamic
 
 
@@ -108,39 +94,7 @@ def clean_graph(model: onnx.ModelProto, *, atol: float = 1e-5) -> onnx.ModelProt
     out = onnx.ModelProto()
     out.CopyFrom(model)
     _constants_to_initializers(out)
-    inferred = shape_inference.infer_shapes(out)
-    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    candidates = [o for n in out.graph.node for o in n.output if types.get(o) in _INT_TYPES]
-    if candidates:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(out)
-        probe.graph.output.extend(helper.make_tensor_value_info(c, types[c], None) for c in candidates)
-        rng = np.random.default_rng(0)
-        values: list[dict] = []
-        batches = _batches(out, PROBE_BATCHES)  # a fixed batch: every shape is static, one probe
-        for b in batches * (2 // len(batches)):
-            sess = _session(probe)
-            res = sess.run(candidates, _inputs(probe, b, rng))
-            values.append(dict(zip(candidates, res)))
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in out.graph.node:
-            for k, i in enumerate(n.input):
-                consumers.setdefault(i, []).append((n, k))
-        for c in candidates:
-            a, b = values[0][c], values[1][c]
-            if a.shape == b.shape and np.array_equal(a, b):
-                const = np.asarray(a)
-            elif (a.ndim == 1 and a.shape == b.shape and a[0] == PROBE_BATCHES[0] and b[0] == PROBE_BATCHES[1]
-                  and np.array_equal(a[1:], b[1:])
-                  and all(n.op_type == "Reshape" and k == 1 for n, k in consumers.get(c, []))):
-                const = a.copy()
-                const[0] = 0  # Reshape: 0 copies the input's (batch) dimension
-            else:
-                continue
-            name = f"{c}__folded"
-            out.graph.initializer.append(numpy_helper.from_array(const.astype(a.dtype), name))
-            for n, k in consumers.get(c, []):
-                n.input[k] = name
+    _fold_integer_tensors(out)
     _prune(out)
     _slices_to_split(out)
     _prune(out)
@@ -148,9 +102,58 @@ def clean_graph(model: onnx.ModelProto, *, atol: float = 1e-5) -> onnx.ModelProt
     return out
 
 
+def _fold_integer_tensors(out: onnx.ModelProto) -> None:
+    """Every integer tensor that does not depend on the batch becomes an initializer (in place)."""
+    inferred = shape_inference.infer_shapes(out)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    candidates = [o for n in out.graph.node for o in n.output if types.get(o) in _INT_TYPES]
+    if not candidates:
+        return
+    values = _probe(out, candidates, types)
+    readers = consumers(out.graph.node)
+    for c in candidates:
+        const = _batch_free(values[0][c], values[1][c], readers.get(c, []))
+        if const is None:
+            continue
+        name = f"{c}__folded"
+        out.graph.initializer.append(numpy_helper.from_array(const, name))
+        for n, k in readers.get(c, []):
+            n.input[k] = name
+
+
+def _probe(model: onnx.ModelProto, candidates: list[str], types: dict[str, int]) -> list[dict[str, np.ndarray]]:
+    """The candidates' values at two batch sizes (one run twice for a fixed batch)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(c, types[c], None) for c in candidates)
+    rng = np.random.default_rng(0)
+    values: list[dict[str, np.ndarray]] = []
+    batches = _batches(model, PROBE_BATCHES)  # a fixed batch: every shape is static, one probe
+    for b in batches * (2 // len(batches)):
+        sess = ort_session(probe, optimization="none")  # the graph as written: no tensor fused away
+        res = sess.run(candidates, _inputs(probe, b, rng))
+        values.append(dict(zip(candidates, res)))
+    return values
+
+
+def _batch_free(a: np.ndarray, b: np.ndarray, readers: list[tuple[onnx.NodeProto, int]]) -> np.ndarray | None:
+    """The constant a tensor can be replaced by, given its values at the two probe batches; None
+    when it depends on the batch in any other way than a Reshape target's leading entry."""
+    if a.shape == b.shape and np.array_equal(a, b):
+        const = np.asarray(a)
+    elif (a.ndim == 1 and a.shape == b.shape and a[0] == PROBE_BATCHES[0] and b[0] == PROBE_BATCHES[1]
+          and np.array_equal(a[1:], b[1:])
+          and all(n.op_type == "Reshape" and k == 1 for n, k in readers)):
+        const = a.copy()
+        const[0] = 0  # Reshape: 0 copies the input's (batch) dimension
+    else:
+        return None
+    return const.astype(a.dtype)
+
+
 def _slices_to_split(model: onnx.ModelProto) -> None:
     """Slices of one tensor along one axis that tile it exactly become one Split (torch's chunk)."""
-    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
+    opset = model_opset(model)
     if opset < 10:  # Slice-1 keeps starts/ends as attributes; not produced by torch >= opset 11
         return
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -201,10 +204,10 @@ def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, atol: float) ->
     for batch in _batches(before, (1, 4)):
         feeds = _inputs(before, batch, rng)
         try:
-            want = _session(before).run(None, feeds)
-            got = _session(after).run(None, feeds)
+            want = ort_session(before, optimization="none").run(None, feeds)
+            got = ort_session(after, optimization="none").run(None, feeds)
         except Exception as e:  # ORT errors are not ours to show raw
-            raise CheckFailedError(f"graph cleaning could not be checked: {str(e).splitlines()[0]}") from None
+            raise CheckFailedError(f"graph cleaning could not be checked: {one_line(e, line='first')}") from None
         for w, g in zip(want, got):
             if w.shape != g.shape or not np.allclose(w, g, rtol=0, atol=atol):
                 raise CheckFailedError(f"graph cleaning changed the outputs at batch {batch}; "

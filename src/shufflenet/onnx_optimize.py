@@ -24,15 +24,15 @@ Shuffle absorption needs the architecture's description and is applied by ``expo
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
-import numpy as np
+from ._onnx import consumers
+from .optimize import PAD_MULTIPLE
 
 __all__ = ["optimize_for_inference", "PAD_MULTIPLE", "OPTIMIZED_KEY"]
 
-#: ONNX Runtime's NCHWc kernels block channels by 16 on AVX-512 (8 on AVX2; 16 serves both)
-PAD_MULTIPLE = 16
 #: metadata key recording what was rewritten (a model already rewritten is not touched again)
 OPTIMIZED_KEY = "inference_rewrites"
 
@@ -70,10 +70,8 @@ class _Graph:
         self.g = g
         self.inits = {t.name: t for t in g.initializer}
         self.producer = {o: n for n in g.node for o in n.output}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                self.readers.setdefault(i, []).append(n)
+        self.readers: dict[str, list[onnx.NodeProto]] = {
+            t: [n for n, _ in uses] for t, uses in consumers(g.node).items()}
         self.outputs = {o.name for o in g.output}
         self.graph_inputs = {i.name for i in g.input}
 

@@ -32,15 +32,6 @@ __all__ = ["absorb_shuffles", "pad_channels", "PAD_MULTIPLE"]
 PAD_MULTIPLE = 16
 
 
-def _consumers(graph: Graph) -> dict[str, list[Node]]:
-    """tensor -> the nodes that read it, in graph order."""
-    readers: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            readers.setdefault(i, []).append(n)
-    return readers
-
-
 def _is_depthwise(n: Node) -> bool:
     a = n.attrs
     return n.op == "conv" and a["groups"] > 1 and a["groups"] == a["in_channels"] == a["out_channels"]
@@ -62,112 +53,156 @@ def _levels(c: int, m: int) -> np.ndarray:
 
 def absorb_shuffles(graph: Graph, weights: dict[str, np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
     """(graph without shuffles, permuted weights), or the inputs unchanged for other graphs."""
-    by_out = {o: n for n in graph.nodes for o in n.outputs}
-    consumers = _consumers(graph)
-    shuffles = [n for n in graph.nodes if n.op == "shuffle"]
-    if not shuffles or any(s.attrs["groups"] != 2 or by_out[s.inputs[0]].op != "concat"
-                           or len(by_out[s.inputs[0]].inputs) != 2 for s in shuffles):
+    shuffles = _v2_shuffles(graph)
+    if shuffles is None:
         return graph, weights
-    shapes = graph.shapes()
+    try:
+        return _ShuffleAbsorber(graph, weights, shuffles).rewrite()
+    except _NotAbsorbable:
+        return graph, weights
 
-    def chain_len(t: str) -> int:  # stride-1 units that follow tensor t
+
+def _v2_shuffles(graph: Graph) -> list[Node] | None:
+    """The graph's shuffles when every one is V2's (two groups over a concat of two branches)."""
+    producers = graph.producers()
+    shuffles = [n for n in graph.nodes if n.op == "shuffle"]
+    if not shuffles or any(s.attrs["groups"] != 2 or producers[s.inputs[0]].op != "concat"
+                           or len(producers[s.inputs[0]].inputs) != 2 for s in shuffles):
+        return None
+    return shuffles
+
+
+class _NotAbsorbable(Exception):
+    """The permutations cannot be carried through this graph (a node that cannot take one, or
+    an order a shuffle cannot realise): the graph is left as it is."""
+
+
+class _ShuffleAbsorber:
+    """One pass over the nodes in graph order, carrying each tensor's permutation (physical
+    position -> logical channel) and permuting the parameters of the nodes it reaches."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], shuffles: list[Node]) -> None:
+        self.graph = graph
+        self.producers = graph.producers()
+        self.consumers = graph.consumers()
+        self.shapes = graph.shapes()
+        self.levels = {s.output: _levels(self.shapes[s.output][0], self._chain_len(s.output)) for s in shuffles}
+        self.desired = self._desired_orders(shuffles)  # conv output -> physical order of its channels
+        self.skip = {s.inputs[0] for s in shuffles}  # concat outputs replaced along with their shuffle
+        self.w = dict(weights)
+        self.perm: dict[str, np.ndarray] = {}  # tensor -> physical position -> logical channel
+        self.nodes: list[Node] = []
+
+    # ----------------------------------------------------------------- the orders to aim for
+
+    def _chain_len(self, t: str) -> int:
+        """How many stride-1 units follow tensor t."""
         m = 0
         while True:
-            split = next((n for n in consumers.get(t, []) if n.op == "split"), None)
+            split = next((n for n in self.consumers.get(t, []) if n.op == "split"), None)
             if split is None:
                 return m
-            concat = next(n for n in consumers[split.outputs[0]] if n.op == "concat")
-            t = next(n for n in consumers[concat.output] if n.op == "shuffle").output
+            concat = next(n for n in self.consumers[split.outputs[0]] if n.op == "concat")
+            t = next(n for n in self.consumers[concat.output] if n.op == "shuffle").output
             m += 1
 
-    levels = {s.output: _levels(shapes[s.output][0], chain_len(s.output)) for s in shuffles}
-
-    def head_conv(t: str) -> Node | None:
+    def _head_conv(self, t: str) -> Node | None:
         """The dense 1x1 conv whose output reaches t through BN/ReLU (its output order is free)."""
-        n = by_out[t]
+        n = self.producers[t]
         while n.op in ("relu", "bn"):
-            n = by_out[n.inputs[0]]
+            n = self.producers[n.inputs[0]]
         return n if n.op == "conv" and n.attrs["groups"] == 1 else None
 
-    desired: dict[str, np.ndarray] = {}  # conv output -> physical order of its local channels
-    for s in shuffles:
-        concat = by_out[s.inputs[0]]
-        r = levels[s.output]
-        for k, src in enumerate(concat.inputs):
-            conv = head_conv(src)
-            if conv is not None:
-                n = shapes[src][0]
-                desired[conv.output] = np.array(sorted(range(n), key=lambda q: (-r[2 * q + k], q)))
+    def _desired_orders(self, shuffles: list[Node]) -> dict[str, np.ndarray]:
+        """Each branch's last dense conv emits its channels sorted by level (most first)."""
+        desired: dict[str, np.ndarray] = {}
+        for s in shuffles:
+            concat = self.producers[s.inputs[0]]
+            r = self.levels[s.output]
+            for k, src in enumerate(concat.inputs):
+                conv = self._head_conv(src)
+                if conv is not None:
+                    n = self.shapes[src][0]
+                    desired[conv.output] = np.array(sorted(range(n), key=lambda q: (-r[2 * q + k], q)))
+        return desired
 
-    w = dict(weights)
-    perm: dict[str, np.ndarray] = {}  # tensor -> physical position -> logical channel
-    nodes: list[Node] = []
-    skip = {s.inputs[0] for s in shuffles}  # concat outputs replaced along with their shuffle
+    # ----------------------------------------------------------------- the pass
 
-    def permute_param(key: str, order: np.ndarray, axis: int = 0) -> None:
-        w[key] = np.take(w[key], order, axis=axis)
+    def rewrite(self) -> tuple[Graph, dict[str, np.ndarray]]:
+        for n in self.graph.nodes:
+            self._step(n)
+        g = self.graph
+        out = Graph(tuple(self.nodes), g.input, g.output, g.features, g.num_classes)
+        out.shapes()  # the new graph must be consistent
+        return out, self.w
 
-    for n in graph.nodes:
-        p_in = perm.get(n.inputs[0]) if n.inputs else None
+    def _step(self, n: Node) -> None:
+        """Carry the permutation through one node (every op of ``specs.OPS`` is decided here)."""
+        p_in = self.perm.get(n.inputs[0]) if n.inputs else None
         if n.op == "conv":
-            wk = n.params["weight"]
-            if n.attrs["groups"] == 1:
-                if p_in is not None:
-                    permute_param(wk, p_in, axis=1)
-                out = desired.get(n.output)
-                if out is not None:
-                    permute_param(wk, out)
-                    if "bias" in n.params:
-                        permute_param(n.params["bias"], out)
-                    perm[n.output] = out
-            elif _is_depthwise(n):
-                if p_in is not None:
-                    permute_param(wk, p_in)
-                    if "bias" in n.params:
-                        permute_param(n.params["bias"], p_in)
-                    perm[n.output] = p_in
-            elif p_in is not None:
-                return graph, weights  # a grouped conv cannot absorb a permutation
-            nodes.append(n)
+            self._conv(n, p_in)
         elif n.op == "bn":
             if p_in is not None:
                 for role, key in n.params.items():
                     if role != "num_batches_tracked":
-                        permute_param(key, p_in)
-                perm[n.output] = p_in
-            nodes.append(n)
+                        self._permute(key, p_in)
+                self.perm[n.output] = p_in
         elif n.op in ("relu", "maxpool", "global_avgpool", "flatten"):
             if p_in is not None:
-                perm[n.output] = p_in
-            nodes.append(n)
+                self.perm[n.output] = p_in
         elif n.op == "split":
-            half = n.attrs["sizes"][0]
-            if p_in is not None:
-                if set(p_in[:half].tolist()) != set(range(half)):
-                    return graph, weights  # the order does not keep the halves apart
-                perm[n.outputs[0]], perm[n.outputs[1]] = p_in[:half], p_in[half:] - half
-            nodes.append(n)
+            self._split(n, p_in)
         elif n.op == "linear":
             if p_in is not None:
-                permute_param(n.params["weight"], p_in, axis=1)
-            nodes.append(n)
-        elif n.op == "concat" and n.output in skip:
-            continue
+                self._permute(n.params["weight"], p_in, axis=1)
+        elif n.op == "concat" and n.output in self.skip:
+            return
         elif n.op == "shuffle":
-            concat = by_out[n.inputs[0]]
-            built = _realise(n.output, concat.inputs, perm, levels[n.output], shapes)
-            if built is None:
-                return graph, weights
-            new_nodes, order = built
-            nodes.extend(new_nodes)
-            perm[n.output] = order
-        else:
+            self._shuffle(n)
+            return
+        elif p_in is not None:
+            raise _NotAbsorbable  # an op we do not know how to permute through
+        self.nodes.append(n)
+
+    def _permute(self, key: str, order: np.ndarray, axis: int = 0) -> None:
+        self.w[key] = np.take(self.w[key], order, axis=axis)
+
+    def _conv(self, n: Node, p_in: np.ndarray | None) -> None:
+        wk = n.params["weight"]
+        if n.attrs["groups"] == 1:  # dense: absorbs the input order, emits the desired one
             if p_in is not None:
-                return graph, weights  # an op we do not know how to permute through
-            nodes.append(n)
-    g = Graph(tuple(nodes), graph.input, graph.output, graph.features, graph.num_classes)
-    g.shapes()  # the new graph must be consistent
-    return g, w
+                self._permute(wk, p_in, axis=1)
+            out = self.desired.get(n.output)
+            if out is not None:
+                self._permute(wk, out)
+                if "bias" in n.params:
+                    self._permute(n.params["bias"], out)
+                self.perm[n.output] = out
+        elif _is_depthwise(n):  # per channel: the order passes through
+            if p_in is not None:
+                self._permute(wk, p_in)
+                if "bias" in n.params:
+                    self._permute(n.params["bias"], p_in)
+                self.perm[n.output] = p_in
+        elif p_in is not None:
+            raise _NotAbsorbable  # a grouped conv cannot absorb a permutation
+
+    def _split(self, n: Node, p_in: np.ndarray | None) -> None:
+        if p_in is None:
+            return
+        half = n.attrs["sizes"][0]
+        if set(p_in[:half].tolist()) != set(range(half)):
+            raise _NotAbsorbable  # the order does not keep the halves apart
+        self.perm[n.outputs[0]], self.perm[n.outputs[1]] = p_in[:half], p_in[half:] - half
+
+    def _shuffle(self, n: Node) -> None:
+        concat = self.producers[n.inputs[0]]
+        built = _realise(n.output, concat.inputs, self.perm, self.levels[n.output], self.shapes)
+        if built is None:
+            raise _NotAbsorbable
+        new_nodes, order = built
+        self.nodes.extend(new_nodes)
+        self.perm[n.output] = order
 
 
 def _realise(out: str, sources: tuple[str, ...], perm, r: np.ndarray, shapes):
@@ -227,18 +262,37 @@ def pad_channels(graph: Graph, weights: dict[str, np.ndarray],
     """
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
-    consumers = _consumers(graph)
-    ends = {graph.output, graph.features}
-    w = dict(weights)
-    changed: dict[int, Node] = {}  # id(original node) -> replacement
+    padder = _ChannelPadder(graph, weights)
+    for n in graph.nodes:
+        if n.op != "conv" or n.attrs["groups"] != 1 or n.attrs["out_channels"] % multiple == 0:
+            continue
+        found = padder.region(n.output)
+        if found is not None:
+            padder.pad(n, *found, extra=-n.attrs["out_channels"] % multiple)
+    if not padder.changed:
+        return graph, weights
+    return padder.result()
 
-    def region(start: str) -> tuple[list[Node], list[Node]] | None:
+
+class _ChannelPadder:
+    """The regions of a graph and the padded nodes and weights (see :func:`pad_channels`)."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray]) -> None:
+        self.graph = graph
+        self.consumers = graph.consumers()
+        self.ends = {graph.output, graph.features}
+        self.w = dict(weights)
+        self.changed: dict[int, Node] = {}  # id(original node) -> replacement
+
+    def region(self, start: str) -> tuple[list[Node], list[Node]] | None:
+        """(per-channel nodes, dense readers) reached from ``start``, or None when the region
+        reaches a node where the channel count or order matters."""
         inner, readers, todo = [], [], [start]
         while todo:
             t = todo.pop()
-            if t in ends:
+            if t in self.ends:
                 return None
-            for c in consumers.get(t, []):
+            for c in self.consumers.get(t, []):
                 if c.op in _PER_CHANNEL or _is_depthwise(c):
                     inner.append(c)
                     todo.append(c.outputs[0])
@@ -248,45 +302,41 @@ def pad_channels(graph: Graph, weights: dict[str, np.ndarray],
                     return None
         return inner, readers
 
-    def grow(key: str, extra: int, axis: int, fill: float = 0.0) -> None:
-        a = w[key]
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (0, extra)
-        w[key] = np.pad(a, pad, constant_values=fill)
-
-    for n in graph.nodes:
-        if n.op != "conv" or n.attrs["groups"] != 1 or n.attrs["out_channels"] % multiple == 0:
-            continue
-        found = region(n.output)
-        if found is None:
-            continue
-        inner, readers = found
-        c = n.attrs["out_channels"]
-        extra = -c % multiple
-        for key in n.params.values():
-            grow(key, extra, 0)
-        changed[id(n)] = _with(changed.get(id(n), n), out_channels=c + extra)
+    def pad(self, producer: Node, inner: list[Node], readers: list[Node], *, extra: int) -> None:
+        """Add ``extra`` zero channels to the producer's output, through ``inner`` to ``readers``."""
+        c = producer.attrs["out_channels"]
+        wide = c + extra
+        for key in producer.params.values():
+            self._grow(key, extra, 0)
+        self.changed[id(producer)] = _with(self.changed.get(id(producer), producer), out_channels=wide)
         for m in inner:
             if m.op == "bn":
                 for role, key in m.params.items():
                     if role != "num_batches_tracked":
-                        grow(key, extra, 0, 1.0 if role == "running_var" else 0.0)
-                changed[id(m)] = _with(m, channels=c + extra)
+                        self._grow(key, extra, 0, 1.0 if role == "running_var" else 0.0)
+                self.changed[id(m)] = _with(m, channels=wide)
             elif m.op == "conv":  # depthwise
                 for key in m.params.values():
-                    grow(key, extra, 0)
-                changed[id(m)] = _with(m, in_channels=c + extra, out_channels=c + extra, groups=c + extra)
+                    self._grow(key, extra, 0)
+                self.changed[id(m)] = _with(m, in_channels=wide, out_channels=wide, groups=wide)
         for r in readers:
-            grow(r.params["weight"], extra, 1)
-            base = changed.get(id(r), r)
-            changed[id(r)] = _with(base, **({"in_channels": c + extra} if r.op == "conv" else
-                                            {"in_features": c + extra}))
-    if not changed:
-        return graph, weights
-    nodes = tuple(changed.get(id(n), n) for n in graph.nodes)
-    g = Graph(nodes, graph.input, graph.output, graph.features, graph.num_classes)
-    g.shapes()  # the padded graph must be consistent
-    return g, w
+            self._grow(r.params["weight"], extra, 1)
+            base = self.changed.get(id(r), r)
+            self.changed[id(r)] = _with(base, **({"in_channels": wide} if r.op == "conv" else
+                                                 {"in_features": wide}))
+
+    def _grow(self, key: str, extra: int, axis: int, fill: float = 0.0) -> None:
+        a = self.w[key]
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, extra)
+        self.w[key] = np.pad(a, pad, constant_values=fill)
+
+    def result(self) -> tuple[Graph, dict[str, np.ndarray]]:
+        g = self.graph
+        nodes = tuple(self.changed.get(id(n), n) for n in g.nodes)
+        out = Graph(nodes, g.input, g.output, g.features, g.num_classes)
+        out.shapes()  # the padded graph must be consistent
+        return out, self.w
 
 
 def _with(n: Node, **attrs) -> Node:

@@ -73,56 +73,75 @@ def load_image(image, *, draft_size: int | None = None, max_pixels: int = MAX_PI
     if isinstance(image, Image.Image):
         img, name = image, "<image>"
     else:
-        data = image if isinstance(image, (bytes, bytearray, memoryview)) else None
-        name = "<bytes>" if data is not None else str(image)
-        if data is None and os.path.exists(image):
-            regular_file(image, ImageError, "image")  # a FIFO would block the open forever
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data) if data is not None else Path(os.fspath(image)),
-                                 formats=ALLOWED_FORMATS)
-        except FileNotFoundError:
-            raise ImageError(f"{name}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{name}: is a folder, not an image") from None
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            raise ImageError(f"{name}: refused, more than {max_pixels:,} pixels (decompression bomb?)") from None
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image in an allowed format "
-                             f"({', '.join(ALLOWED_FORMATS)})") from None
-        except (OSError, ValueError) as e:
-            raise ImageError(f"{name}: cannot read image ({e})") from None
-        try:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"{name}: refused, {w}x{h} is more than {max_pixels:,} pixels")
-            if draft_size and img.format in ("JPEG", "MPO"):
-                img.draft("RGB", (draft_size, draft_size))
-            img.seek(0)  # GIF/TIFF: the first frame
-            img.load()
-            if getattr(img, "fp", None) is not None:  # multi-frame files keep theirs open: detach
-                loaded = img.copy()
-                img.close()
-                img = loaded
-        except ImageError:
-            img.close()
-            raise
-        except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
-            img.close()
-            raise ImageError(f"{name}: cannot decode image ({e})") from None
-    if exact:  # torchvision's pil_loader: img.convert("RGB"), orientation tag ignored
-        if img.mode == "RGB":
-            return img
-        try:
-            return img.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise ImageError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
+        img, name = _open(image, max_pixels)
+        img = _decode(img, name, draft_size=draft_size, max_pixels=max_pixels)
+    if exact:
+        return _exact_rgb(img, name)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not make the pixels unusable
         pass
     return to_rgb(img, name)
+
+
+def _open(image, max_pixels: int) -> tuple[Image.Image, str]:
+    """(the opened, not yet decoded, image; its name in messages) for a path or bytes; only
+    :data:`ALLOWED_FORMATS` are opened."""
+    data = image if isinstance(image, (bytes, bytearray, memoryview)) else None
+    name = "<bytes>" if data is not None else str(image)
+    if data is None and os.path.exists(image):
+        regular_file(image, ImageError, "image")  # a FIFO would block the open forever
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data) if data is not None else Path(os.fspath(image)),
+                             formats=ALLOWED_FORMATS)
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a folder, not an image") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageError(f"{name}: refused, more than {max_pixels:,} pixels (decompression bomb?)") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image in an allowed format "
+                         f"({', '.join(ALLOWED_FORMATS)})") from None
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{name}: cannot read image ({e})") from None
+    return img, name
+
+
+def _decode(img: Image.Image, name: str, *, draft_size: int | None, max_pixels: int) -> Image.Image:
+    """The first frame decoded (in JPEG draft mode when ``draft_size``), the file closed; the
+    image is closed on any failure. More than ``max_pixels`` is refused before decoding."""
+    try:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(f"{name}: refused, {w}x{h} is more than {max_pixels:,} pixels")
+        if draft_size and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft_size, draft_size))
+        img.seek(0)  # GIF/TIFF: the first frame
+        img.load()
+        if getattr(img, "fp", None) is not None:  # multi-frame files keep theirs open: detach
+            loaded = img.copy()
+            img.close()
+            img = loaded
+    except ImageError:
+        img.close()
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        img.close()
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
+    return img
+
+
+def _exact_rgb(img: Image.Image, name: str) -> Image.Image:
+    """torchvision's pil_loader: ``img.convert("RGB")``, the orientation tag ignored."""
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{name}: cannot convert mode {img.mode!r} to RGB ({e})") from None
 
 
 def describe(recipe: Preprocess, *, resize: str | None = None, exact: bool) -> str:

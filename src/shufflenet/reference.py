@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .errors import SpecError
 from .specs import Graph
 
 __all__ = ["forward", "apply_op", "conv2d", "windows"]
@@ -83,4 +84,4 @@ def apply_op(node, ins: list[np.ndarray], p: Mapping[str, np.ndarray]) -> list[n
         e = np.exp(x - x.max(1, keepdims=True))
         return [e / e.sum(1, keepdims=True)]
     else:
-        raise ValueError(f"no numpy rendering for op {node.op!r}")
+        raise SpecError(f"no numpy rendering for op {node.op!r}")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from numbers import Real
 from types import MappingProxyType
 from typing import Any
 
@@ -129,10 +131,25 @@ class Graph:
     def count(self, op: str) -> int:
         return sum(1 for n in self.nodes if n.op == op)
 
+    def producers(self) -> dict[str, Node]:
+        """tensor -> the node that writes it."""
+        return {o: n for n in self.nodes for o in n.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """tensor -> the nodes that read it, in graph order (a node reading it twice is listed twice)."""
+        readers: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                readers.setdefault(i, []).append(n)
+        return readers
+
     def shapes(self, size: tuple[int, int] = (224, 224)) -> dict[str, tuple[int, ...]]:
         """Per-tensor shape without the batch axis: (C, H, W), or (C,) after flatten."""
         shapes: dict[str, tuple[int, ...]] = {self.input: (3, *size)}
         for n in self.nodes:
+            missing = [i for i in n.inputs if i not in shapes]
+            if missing:
+                raise SpecError(f"{n.outputs[0]}: {n.op} reads {missing[0]!r}, which no earlier node writes")
             ins = [shapes[i] for i in n.inputs]
             a = n.attrs
             if n.op == "conv":
@@ -315,14 +332,21 @@ def v1_widths(groups: int, scale: float) -> tuple[int, int, int, int]:
     Stages are rounded to a multiple of 4 * groups so the bottleneck (width / 4) divides by
     groups; the stem is rounded up to a multiple of groups so stride-2 branches do too.
     """
-    if groups not in V1_STAGE2_WIDTH:
+    if not _one_of(groups, V1_STAGE2_WIDTH):
         raise SpecError(f"groups must be one of {sorted(V1_STAGE2_WIDTH)}, got {groups}")
-    if scale not in V1_STEM:
+    if not _one_of(scale, V1_STEM):
         raise SpecError(f"width multiplier must be one of {sorted(V1_STEM)}, got {scale}")
     unit = 4 * groups
     w = max(unit, int(V1_STAGE2_WIDTH[groups] * scale / unit + 0.5) * unit)
     stem = -(-V1_STEM[scale] // groups) * groups
     return (stem, w, 2 * w, 4 * w)
+
+
+def _one_of(value: Any, table: Mapping) -> bool:
+    try:
+        return value in table
+    except TypeError:  # unhashable
+        return False
 
 
 def shufflenet_v1_graph(
@@ -340,68 +364,90 @@ def shufflenet_v1_graph(
     Otherwise the paper's: first 1x1 of stage 2 ungrouped, bottleneck = unit output / 4.
     """
     stem_c, *stage_widths = widths
-    inp = "gpu_0/data_0" if caffe2 else "input"
-    out = "gpu_0/softmax_1" if caffe2 else "output"
-    b = _Builder(inp)
-    counters = {"conv3": 0, "gconv1": 0, "gconv3": 0}
+    net = _V1Net(groups, caffe2)
+    x = net.stem(stem_c)
+    cin = stem_c
+    for stage, (repeats, cout) in enumerate(zip(STAGE_REPEATS, stage_widths), start=2):
+        for i in range(repeats):
+            x = net.unit(x, cin, cout, stage, i)
+            cin = cout
+    return net.head(x, cin, num_classes)
 
-    def keys(kind: str) -> tuple[str, str | None, dict[str, str], str]:
+
+class _V1Net:
+    """The steps of :func:`shufflenet_v1_graph`, called in graph order (tensor names and Caffe2's
+    numbered blob names follow that order)."""
+
+    def __init__(self, groups: int, caffe2: bool) -> None:
+        self.groups, self.caffe2 = groups, caffe2
+        self.input = "gpu_0/data_0" if caffe2 else "input"
+        self.output = "gpu_0/softmax_1" if caffe2 else "output"
+        self.b = _Builder(self.input)
+        self.counters = {"conv3": 0, "gconv1": 0, "gconv3": 0}
+
+    def _caffe2_keys(self, kind: str) -> tuple[str, str | None, dict[str, str], str]:
         """(conv weight, conv bias, bn keys, hint) for the next conv of this kind."""
-        idx = counters[kind]
-        counters[kind] += 1
+        idx = self.counters[kind]
+        self.counters[kind] += 1
         stem = f"gpu_0/{kind}_{idx}"
         bn = {"weight": f"{stem}_bn_s", "bias": f"{stem}_bn_b",
               "running_mean": f"{stem}_bn_rm", "running_var": f"{stem}_bn_riv"}
         return f"{stem}_w", None, bn, stem
 
-    if caffe2:
-        w, _, bn, hint = keys("conv3")
-        x = b.conv(inp, 3, stem_c, 3, 2, w=w, b="gpu_0/conv3_0_b", hint=hint)
-        x = b.relu(b.bn(x, stem_c, bn, f"{hint}_bn"))
-    else:
-        x = b.conv(inp, 3, stem_c, 3, 2, w="conv1.0.weight")
-        x = b.relu(b.bn(x, stem_c, _torch_bn("conv1.1"), "conv1.1"))
-    x = b.add("maxpool", (x,), "gpu_0/pool_0" if caffe2 else "maxpool", kernel=3, stride=2, pad=1)
+    def stem(self, c: int) -> str:
+        """3x3/2 conv, BN, ReLU, 3x3/2 max pooling."""
+        b = self.b
+        if self.caffe2:
+            w, _, bn, hint = self._caffe2_keys("conv3")
+            x = b.conv(self.input, 3, c, 3, 2, w=w, b="gpu_0/conv3_0_b", hint=hint)
+            x = b.relu(b.bn(x, c, bn, f"{hint}_bn"))
+        else:
+            x = b.conv(self.input, 3, c, 3, 2, w="conv1.0.weight")
+            x = b.relu(b.bn(x, c, _torch_bn("conv1.1"), "conv1.1"))
+        return b.add("maxpool", (x,), "gpu_0/pool_0" if self.caffe2 else "maxpool", kernel=3, stride=2, pad=1)
 
-    cin = stem_c
-    for stage, (repeats, cout) in enumerate(zip(STAGE_REPEATS, stage_widths), start=2):
-        for i in range(repeats):
-            stride = 2 if i == 0 else 1
-            branch_out = cout - cin if stride == 2 else cout
-            mid = branch_out if caffe2 else cout // 4
-            g1 = groups if (caffe2 or stage > 2 or i > 0) else 1
-            p = f"stage{stage}.{i}"
+    def _conv_bn(self, x: str, ci: int, co: int, k: int, s: int, g: int, unit: str, n: int) -> str:
+        """The unit's n-th conv and its BN (Caffe2: the next gconv1/gconv3 blob)."""
+        b = self.b
+        if self.caffe2:
+            w, bias, bn, hint = self._caffe2_keys("gconv3" if k == 3 else "gconv1")
+            y = b.conv(x, ci, co, k, s, groups=g, w=w, b=bias, hint=hint)
+            return b.bn(y, co, bn, f"{hint}_bn")
+        y = b.conv(x, ci, co, k, s, groups=g, w=f"{unit}.conv{n}.weight")
+        return b.bn(y, co, _torch_bn(f"{unit}.bn{n}"), f"{unit}.bn{n}")
 
-            def conv_bn(x, ci, co, k, s, g, n):
-                if caffe2:
-                    w, bias, bn, hint = keys("gconv3" if k == 3 else "gconv1")
-                    y = b.conv(x, ci, co, k, s, groups=g, w=w, b=bias, hint=hint)
-                    return b.bn(y, co, bn, f"{hint}_bn")
-                y = b.conv(x, ci, co, k, s, groups=g, w=f"{p}.conv{n}.weight")
-                return b.bn(y, co, _torch_bn(f"{p}.bn{n}"), f"{p}.bn{n}")
+    def unit(self, x: str, cin: int, cout: int, stage: int, i: int) -> str:
+        """The i-th unit of a stage: stride 2 (concat with the pooled input) first, then stride 1 (add)."""
+        b, groups = self.b, self.groups
+        stride = 2 if i == 0 else 1
+        branch_out = cout - cin if stride == 2 else cout
+        mid = branch_out if self.caffe2 else cout // 4
+        g1 = groups if (self.caffe2 or stage > 2 or i > 0) else 1
+        p = f"stage{stage}.{i}"
+        y = b.relu(self._conv_bn(x, cin, mid, 1, 1, g1, p, 1))
+        if groups > 1:
+            y = b.add("shuffle", (y,), f"{p}.shuffle", groups=groups)
+        y = self._conv_bn(y, mid, mid, 3, stride, mid, p, 2)
+        y = self._conv_bn(y, mid, branch_out, 1, 1, groups, p, 3)
+        unit = f"gpu_0/block{self.counters['gconv3'] - 1}" if self.caffe2 else p
+        if stride == 2:
+            pooled = b.add("avgpool", (x,), f"{unit}_pool", kernel=3, stride=2, pad=1)
+            x = b.add("concat", (y, pooled), unit)
+        else:
+            x = b.add("add", (y, x), unit)
+        return b.relu(x)
 
-            y = b.relu(conv_bn(x, cin, mid, 1, 1, g1, 1))
-            if groups > 1:
-                y = b.add("shuffle", (y,), f"{p}.shuffle", groups=groups)
-            y = conv_bn(y, mid, mid, 3, stride, mid, 2)
-            y = conv_bn(y, mid, branch_out, 1, 1, groups, 3)
-            unit = f"gpu_0/block{counters['gconv3'] - 1}" if caffe2 else p
-            if stride == 2:
-                pooled = b.add("avgpool", (x,), f"{unit}_pool", kernel=3, stride=2, pad=1)
-                x = b.add("concat", (y, pooled), unit)
-            else:
-                x = b.add("add", (y, x), unit)
-            x = b.relu(x)
-            cin = cout
-
-    pooled = b.add("global_avgpool", (x,), "gpu_0/final_avg_1" if caffe2 else "pool")
-    feats = b.add("flatten", (pooled,), "gpu_0/final_avg_flat" if caffe2 else "features")
-    fc = ("gpu_0/pred_w", "gpu_0/pred_b") if caffe2 else ("fc.weight", "fc.bias")
-    logits = b.add("linear", (feats,), "gpu_0/pred" if caffe2 else out,
-                   params={"weight": fc[0], "bias": fc[1]}, in_features=cin, out_features=num_classes)
-    if caffe2:
-        b.add("softmax", (logits,), out)
-    return Graph(tuple(b.nodes), inp, out, pooled if caffe2 else feats, num_classes)
+    def head(self, x: str, cin: int, num_classes: int) -> Graph:
+        """Global pooling, flatten, the classifier (and Caffe2's Softmax); the finished graph."""
+        b, caffe2, out = self.b, self.caffe2, self.output
+        pooled = b.add("global_avgpool", (x,), "gpu_0/final_avg_1" if caffe2 else "pool")
+        feats = b.add("flatten", (pooled,), "gpu_0/final_avg_flat" if caffe2 else "features")
+        fc = ("gpu_0/pred_w", "gpu_0/pred_b") if caffe2 else ("fc.weight", "fc.bias")
+        logits = b.add("linear", (feats,), "gpu_0/pred" if caffe2 else out,
+                       params={"weight": fc[0], "bias": fc[1]}, in_features=cin, out_features=num_classes)
+        if caffe2:
+            b.add("softmax", (logits,), out)
+        return Graph(tuple(b.nodes), self.input, out, pooled if caffe2 else feats, num_classes)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -424,13 +470,24 @@ class Preprocess:
     scale: float = 255.0
 
     def __post_init__(self) -> None:  # recipes also come from model files: check every field
-        ok = (isinstance(self.resize, int) and isinstance(self.crop, int) and 1 <= self.crop <= self.resize * 4
-              and 1 <= self.resize <= 8192 and self.resize_mode in ("shorter", "square")
-              and self.interpolation in ("bilinear", "bicubic") and self.channel_order in ("RGB", "BGR")
-              and len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std)
-              and self.scale > 0)
-        if not ok:
+        if not (self._sizes_ok() and self._numbers_ok() and self.resize_mode in ("shorter", "square")
+                and self.interpolation in ("bilinear", "bicubic") and self.channel_order in ("RGB", "BGR")):
             raise SpecError(f"invalid preprocessing recipe: {self}")
+
+    def _sizes_ok(self) -> bool:
+        return (isinstance(self.resize, int) and isinstance(self.crop, int)
+                and 1 <= self.crop <= self.resize * 4 and 1 <= self.resize <= 8192)
+
+    def _numbers_ok(self) -> bool:
+        """Three finite means, three positive stds and a positive scale (a wrong type is refused
+        here as a SpecError, not a TypeError later)."""
+        try:
+            values = (*self.mean, *self.std, self.scale)
+        except TypeError:  # mean or std not a sequence
+            return False
+        if not all(isinstance(v, Real) and math.isfinite(v) for v in values):
+            return False
+        return len(self.mean) == 3 and len(self.std) == 3 and all(s > 0 for s in self.std) and self.scale > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -470,9 +527,12 @@ class Artifact:
 def artifacts() -> tuple[Artifact, ...]:
     """Every public pretrained artifact, from the package's data file."""
     raw = json.loads(resources.files("shufflenet").joinpath("data/artifacts.json").read_text("utf-8"))
-    return tuple(Artifact(**{**a, "urls": tuple(a["urls"]),
-                             "preprocess": Preprocess(**a["preprocess"]) if a.get("preprocess") else None})
-                 for a in raw["artifacts"])
+    try:
+        return tuple(Artifact(**{**a, "urls": tuple(a["urls"]),
+                                 "preprocess": Preprocess(**a["preprocess"]) if a.get("preprocess") else None})
+                     for a in raw["artifacts"])
+    except (KeyError, TypeError) as e:  # a missing or unknown field in the data file
+        raise SpecError(f"data/artifacts.json: malformed artifact entry ({type(e).__name__}: {e})") from None
 
 
 def default_artifact(variant: str, kind: str | None = None) -> Artifact | None:
@@ -502,6 +562,9 @@ class VariantSpec:
     published: tuple[Published, ...] = ()
 
     def graph(self, num_classes: int = 1000) -> Graph:
+        # checked before the cache, which would refuse an unhashable value with a TypeError
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
         return _graph(self, num_classes)
 
     @property
@@ -533,8 +596,6 @@ class VariantSpec:
 
 @cache
 def _graph(spec: VariantSpec, num_classes: int) -> Graph:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
     return spec.builder(num_classes)
 
 
@@ -552,7 +613,7 @@ def register(spec: VariantSpec) -> VariantSpec:
 def get_spec(name: str) -> VariantSpec:
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `shufflenet list`"
         raise UnknownVariantError(f"unknown variant {name!r}{hint}") from None

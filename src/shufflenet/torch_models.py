@@ -12,18 +12,14 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .errors import MissingDependencyError, WeightsError, install_hint
+from ._io import import_torch
+from .errors import SpecError, WeightsError
 from .specs import BN_MOMENTUM, Graph, get_spec
 from .weights import WeightSource, conform, resolve_weights
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-except ImportError:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError(
-        f"PyTorch models need the torch extra: {install_hint('torch')}; torch==2.13.0 "
-        "takes the CPU wheel") from None
+torch = import_torch("shufflenet.torch_models (the PyTorch rendering)")
+import torch.nn.functional as F  # noqa: E402  (after the check that says how to install torch)
+from torch import nn  # noqa: E402
 
 __all__ = ["ShuffleNet", "build_model", "to_numpy"]
 
@@ -34,7 +30,8 @@ class _Holder(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Like torch's BatchNorm: checkpoints saved before torch 0.4.1 have no counter.
         key = prefix + "num_batches_tracked"
-        if "num_batches_tracked" in self._buffers and key not in state_dict:
+        has_counter = any(name == "num_batches_tracked" for name, _ in self.named_buffers(recurse=False))
+        if has_counter and key not in state_dict:
             state_dict[key] = torch.zeros((), dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -59,9 +56,11 @@ class ShuffleNet(_Holder):
         *path, leaf = key.split(".")
         module: nn.Module = self
         for part in path:
-            if part not in module._modules:
-                module.add_module(part, _Holder())
-            module = module._modules[part]
+            child = dict(module.named_children()).get(part)
+            if child is None:
+                child = _Holder()
+                module.add_module(part, child)
+            module = child
         if trainable:
             module.register_parameter(leaf, nn.Parameter(tensor))
         else:
@@ -121,7 +120,7 @@ class ShuffleNet(_Holder):
             return (F.linear(x, p["weight"], p["bias"]),)
         if op == "softmax":
             return (torch.softmax(x, 1),)
-        raise ValueError(f"no torch rendering for op {op!r}")
+        raise SpecError(f"no torch rendering for op {op!r}")
 
     @torch.no_grad()
     def load_numpy(self, weights: Mapping[str, np.ndarray]) -> None:
