@@ -41,4 +41,7 @@ class CheckFailedError(ShuffleNetError):
 
 def install_hint(extra: str) -> str:
     """How to install an extra, from the package index and from a checkout."""
-    return f"pip install 'shufflenet[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+    hint = f"pip install 'shufflenet[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+    if extra == "torch":  # a bare `torch` resolves to a multi-GB CUDA build
+        hint += "; torch==2.13.0 takes the CPU wheel"
+    return hint
