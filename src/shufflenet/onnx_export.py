@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ShuffleNetError
-from .specs import Graph, Node, Preprocess, VariantSpec, get_spec
+from .specs import INPUT_SIZES, Graph, Node, Preprocess, VariantSpec, get_spec
 from ._io import atomic_write
 from .weights import WeightSource, resolve_weights
 
@@ -84,12 +83,11 @@ def form(op: str, opset: int) -> str:
 
 def _foldable_bns(graph: Graph) -> dict[str, Node]:
     """conv output -> the bn that is its only reader: each pair is written as one Conv."""
-    producer = {o: m for m in graph.nodes for o in m.outputs}
-    reads = Counter(i for n in graph.nodes for i in n.inputs)
+    producer, readers = graph.producers(), graph.consumers()
     folded = {}
     for n in graph.nodes:
         src = producer.get(n.inputs[0]) if n.op == "bn" else None
-        if src is not None and src.op == "conv" and reads[src.output] == 1:
+        if src is not None and src.op == "conv" and len(readers[src.output]) == 1:
             folded[src.output] = n
     return folded
 
@@ -277,8 +275,8 @@ def _check_opset_and_batch(opset, batch) -> None:
 
 
 def _check_size_names_labels(size, in_name: str, out_name: str, labels: list[str] | None, n_classes: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 1024:
-        raise ExportError(f"input size must be an integer from 32 to 1024, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not INPUT_SIZES[0] <= size <= INPUT_SIZES[1]:
+        raise ExportError(f"input size must be an integer from {INPUT_SIZES[0]} to {INPUT_SIZES[1]}, got {size!r}")
     if in_name == out_name:
         raise ExportError(f"input and output names must differ, both are {in_name!r}")
     if labels is not None and len(labels) != n_classes:

@@ -272,6 +272,9 @@ V2_WIDTHS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     }
 )
 STAGE_REPEATS = (4, 8, 4)  # V1 and V2 alike
+#: square input sizes every variant is built, exported and trained at (five stride-2 stages: 32
+#: is the smallest that leaves a 1x1 map; 1024 bounds activation memory)
+INPUT_SIZES = (32, 1024)
 
 
 def shufflenet_v2_graph(widths: tuple[int, ...], num_classes: int = 1000) -> Graph:

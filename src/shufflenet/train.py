@@ -28,13 +28,13 @@ from ._io import atomic_write, class_folders, image_files, import_torch, one_lin
 from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
-from .specs import Preprocess, get_spec
+from .specs import INPUT_SIZES, Preprocess, get_spec
 from .weights import init_weights, resolve_weights, save_weights, weights_digest
 
 __all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
 
 # the input sizes export accepts (onnx_export.export_onnx): a trained model must be exportable
-_MIN_IMG_SIZE, _MAX_IMG_SIZE = 32, 1024
+_MIN_IMG_SIZE, _MAX_IMG_SIZE = INPUT_SIZES  # what export accepts
 
 
 class TrainError(ShuffleNetError, ValueError):
