@@ -152,3 +152,11 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tiny, tmp_path):
     with pytest.raises(TrainError, match="not a usable checkpoint") as e:
         train(TrainConfig(data=str(tiny), out=str(run), img_size=32), resume=True)
     assert "\n" not in str(e.value)
+
+
+def test_an_epoch_ending_in_a_lone_image_trains(tiny, tmp_path):
+    """24 training images in batches of 23 leave one image for the epoch's last step: at 32 px
+    the last stage's BatchNorm would see one value per channel, so that step is skipped."""
+    result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, batch_size=23,
+                               epochs=1, threads=1))
+    assert result.epochs_done == 1 and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]

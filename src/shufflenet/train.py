@@ -700,15 +700,16 @@ def _LogitsOnly(model, logits_name):
 def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict,
                 loaded: int) -> float | None:
     """One optimizer step on a batch of which ``loaded`` images were read and ``len(y)`` were
-    readable; none when no image, or one of several, was readable (a lone image can leave
-    BatchNorm one value per channel). ``stats`` (the epoch's running statistics) is updated.
+    readable; none when no image was readable, or only one while the configured batch is larger
+    (an epoch's last, short batch, or a batch of unreadable images): a lone image can leave
+    BatchNorm one value per channel. ``stats`` (the epoch's running statistics) is updated.
     Returns the loss, or None without a step."""
     import torch
     import torch.nn.functional as F
 
     for g in opt.param_groups:
         g["lr"] = lr
-    if len(y) == 0 or (len(y) == 1 and loaded > 1):
+    if len(y) == 0 or (len(y) == 1 and cfg.batch_size > 1):
         return None
     with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
         logits = net(x)
