@@ -29,10 +29,10 @@ from onnx import numpy_helper
 
 import numpy as np
 
+from .options import PAD_MULTIPLE
+
 __all__ = ["optimize_for_inference", "PAD_MULTIPLE", "OPTIMIZED_KEY"]
 
-#: ONNX Runtime's NCHWc kernels block channels by 16 on AVX-512 (8 on AVX2; 16 serves both)
-PAD_MULTIPLE = 16
 #: metadata key recording what was rewritten (a model already rewritten is not touched again)
 OPTIMIZED_KEY = "inference_rewrites"
 
