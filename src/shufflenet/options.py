@@ -3,7 +3,8 @@
 Plain Python that imports nothing (no numpy, onnx or Pillow): the library modules take their
 constants and dataclass defaults from here, and the CLI builds its choices and help text from the
 same values without loading those modules, so ``shufflenet --help`` stays fast and a default
-shown in help cannot drift from the one the library applies.
+shown in help cannot drift from the one the library applies. A default that depends on the
+request (classify's thread count) is a small pure function here, beside the constants.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ __all__ = [
     "RESIZE_MODES", "ENGINES", "DEFAULT_MODEL", "CLASSIFY_TOP", "CLASSIFY_BATCH_SIZE", "classify_threads",
     "QUANTIZE_FORMATS", "CALIB_METHODS", "QUANTIZE_DEFAULTS",
     "OPTIMIZERS", "AMP_MODES", "TRAIN_DEFAULTS",
-    "BENCH_BACKENDS", "BENCH_PRECISIONS", "BENCH_MODES", "BENCH_BLOCK", "BENCH_RUNS", "BENCH_WARMUP",
-    "BENCH_IMAGE_WORKERS",
+    "BENCH_BACKENDS", "BENCH_PRECISIONS", "BENCH_MODES", "BENCH_BLOCK", "BENCH_THREADS", "BENCH_BATCHES",
+    "BENCH_IMAGE_BATCHES", "BENCH_RUNS", "BENCH_WARMUP", "BENCH_IMAGE_WORKERS",
     "DEMO_CLASSES", "DEMO_DIFFICULTIES", "DEMO_DEFAULTS",
     "SERVE_HOST", "SERVE_PORT", "SERVE_DEFAULTS",
 ]
@@ -91,6 +92,10 @@ BENCH_BACKENDS = ("onnxruntime", "openvino")
 BENCH_PRECISIONS = ("f32", "bf16")  # OpenVINO's INFERENCE_PRECISION_HINT
 BENCH_MODES = ("blocked", "interleaved")
 BENCH_BLOCK = 40  # consecutive runs of one model per round in blocked mode
+#: one intra-op thread unless asked: comparable across machines and unaffected by a noisy neighbour
+BENCH_THREADS = (1,)
+BENCH_BATCHES = (1,)  # latency: one image per run
+BENCH_IMAGE_BATCHES = (8,)  # end to end (--images): batched as classify runs folders
 BENCH_RUNS = 200  # timed runs per model and configuration
 BENCH_WARMUP = 20  # untimed runs per model first
 BENCH_IMAGE_WORKERS = 2  # decode threads for the end-to-end (--images) measurement
