@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shufflenet.bench import BenchError, bench, bench_images
+from shufflenet.bench import BenchError, BenchRow, bench, bench_images, p50_ratios
 from shufflenet.cli import main
 from shufflenet.onnx_export import export_onnx, save_model
 
@@ -114,3 +114,25 @@ def test_end_to_end_several_models_and_batches(models, tmp_path, capsys):
     assert main(["bench", *models, "--images", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "m9.onnx" in out and "m17.onnx" in out
+
+
+def test_p50_ratios_compare_with_the_first_model_in_the_first_config():
+    def row(model, threads, batch, p50):
+        return BenchRow(model, "onnxruntime", "f32", threads, batch, 1, p50, p50, p50, p50, batch / p50, 0.0, 0.0)
+
+    rows = [row("a", 1, 1, 2.0), row("b", 1, 1, 1.0), row("c", 1, 1, 4.0), row("a", 1, 8, 9.0), row("b", 1, 8, 1.0)]
+    assert p50_ratios(rows) == [("b", 2.0), ("c", 0.5)]
+    assert p50_ratios(rows[:1]) == [] and p50_ratios([]) == []
+
+
+def test_end_to_end_every_thread_count(models, tmp_path, capsys):
+    """A thread list measures every (threads, batch, model), threads outermost."""
+    from shufflenet.bench import bench_images_many
+    from shufflenet.synthetic import synthetic_images
+
+    for i, img in enumerate(synthetic_images(3, seed=4)):
+        img.save(tmp_path / f"{i}.jpg")
+    rows = bench_images_many(models[1:], tmp_path, batches=(2,), threads=(1, 2), repeat=1)
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 2), (2, 2)]
+    assert main(["bench", models[1], "--threads", "1,2", "--images", str(tmp_path), "--json"]) == 0
+    assert [(d["threads"], d["batch"]) for d in json.loads(capsys.readouterr().out)] == [(1, 8), (2, 8)]

@@ -1,10 +1,13 @@
 """CLI conventions held everywhere: help and shown defaults, -o/--out, -q, exit codes."""
 
 import argparse
+import io
+import subprocess
+import sys
 
 import pytest
 
-from shufflenet.cli import build_parser, main
+from shufflenet.cli import COMMANDS, build_parser, main
 
 
 def _subparsers(parser, prefix=()):
@@ -103,3 +106,82 @@ def test_q_on_list_export_validate(tmp_path, capsys):
     assert capsys.readouterr().out == ""
     assert main(["validate", str(tmp_path / "m.onnx"), "-q"]) == 0
     assert capsys.readouterr().out.strip() == "PASSED"
+
+
+def _help_text(parser, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(argv)
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_help_built_alone_is_the_full_parsers(name, capsys):
+    """`shufflenet X --help` builds only X's arguments: the same help as the whole parser's."""
+    argv = [name, "build", "--help"] if name == "zoo" else [name, "--help"]
+    alone = _help_text(build_parser([name]), argv, capsys)
+    assert alone == _help_text(build_parser(), argv, capsys)
+    assert alone.startswith(f"usage: shufflenet {' '.join(argv[:-1])}")
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0 and capsys.readouterr().out == alone
+
+
+def test_command_help_loads_no_onnx_numpy_or_pillow():
+    """Choices and defaults come from shufflenet.options: a command's --help needs none of the
+    heavy modules (export's alone reads the newest opset from the installed onnx)."""
+    code = ("import sys\n"
+            "from shufflenet.cli import COMMANDS, main\n"
+            "for name in COMMANDS:\n"
+            "    if name == 'export':\n"
+            "        continue\n"
+            "    try:\n"
+            "        main([name, '--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "print(sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch') if m in sys.modules),"
+            " file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip() == "[]"
+
+
+def test_train_arguments_are_trainconfig_fields_or_cli_only():
+    """The CLI builds TrainConfig from the arguments given; TrainConfig.from_dict ignores unknown
+    keys, so an argument that is neither a field nor named CLI-only would be dropped silently."""
+    import dataclasses
+
+    from shufflenet import cli
+    from shufflenet.train import TrainConfig
+
+    args = build_parser(["train"]).parse_args(["train", "--data", "d", "-o", "r", "--epochs", "3", "--amp", "bf16"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(vars(args)) - fields - cli._TRAIN_CLI_ONLY == set()
+    cfg = cli._train_config(args)
+    assert (cfg.data, cfg.out, cfg.epochs, cfg.amp, cfg.batch_size) == ("d", "r", 3, "bf16", TrainConfig.batch_size)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch):
+    from shufflenet._progress import Bar
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with Bar("off") as bar:
+        bar(1, 2)
+    assert not bar.on and sys.stderr.getvalue() == ""
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with Bar("quiet", quiet=True) as bar:
+        bar(1, 2)
+    assert term.getvalue() == ""
+    with Bar("work") as bar:
+        for done in (1, 2, 1, 2):  # a second configuration counts again from the start
+            bar(done, 2)
+        bar.write("a line between")
+    assert "work" in term.getvalue() and "2/2" in term.getvalue() and "a line between\n" in term.getvalue()
+    with Bar("download", unit="B", unit_scale=True) as bar:  # an unknown total: the bar counts
+        bar(3 * 2**20, None)
+    assert "3.00MB" in term.getvalue()

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from shufflenet.cli import main
 
 
@@ -28,8 +30,6 @@ def test_cli_list(capsys):
 
 
 def test_cli_usage_errors_exit_2(capsys):
-    import pytest
-
     assert main([]) == 2
     with pytest.raises(SystemExit) as e:
         main(["nope"])
@@ -59,20 +59,44 @@ def test_dir_shows_the_public_api():
     assert not [n for n in listed if n.startswith("_") and n != "__version__"]
 
 
-def test_version_does_not_load_onnx_numpy_or_pillow():
-    """`shufflenet --version` answers before the parser is built: none of the heavy base imports."""
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_do_not_load_onnx_numpy_or_pillow(flag):
+    """`shufflenet --version` and `--help` build only the top-level parser (one line per command
+    from a static table): none of the heavy base imports."""
     code = ("import runpy, sys\n"
-            "sys.argv = ['shufflenet', '--version']\n"
+            f"sys.argv = ['shufflenet', {flag!r}]\n"
             "try:\n"
             "    runpy.run_module('shufflenet', run_name='__main__')\n"
             "except SystemExit as e:\n"
             "    code = e.code\n"
-            "heavy = sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch') if m in sys.modules)\n"
+            "heavy = sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch', 'tqdm') if m in sys.modules)\n"
             "print(code, heavy, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     from shufflenet import __version__
-    assert out.stdout.strip() == f"shufflenet {__version__}"
+    from shufflenet.cli import COMMANDS
+
     assert out.stderr.strip() == "0 []"
+    if flag == "--version":
+        assert out.stdout.strip() == f"shufflenet {__version__}"
+    else:
+        assert all(name in out.stdout for name in COMMANDS)
     # the real entry point answers the same
-    out = subprocess.run([sys.executable, "-m", "shufflenet", "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == f"shufflenet {__version__}"
+    out = subprocess.run([sys.executable, "-m", "shufflenet", flag], capture_output=True, text=True)
+    assert out.returncode == 0 and (out.stdout.strip() == f"shufflenet {__version__}" if flag == "--version"
+                                    else "usage: shufflenet" in out.stdout)
+
+
+def test_options_are_plain_python():
+    """shufflenet.options (choices and defaults for the library and the CLI) imports nothing heavy."""
+    code = ("import sys, shufflenet.options\n"
+            "print(sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch', 'tqdm') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_classify_threads_policy():
+    from shufflenet.options import classify_threads
+
+    assert classify_threads(3, files=100, batch_size=16) == 3  # asked for: kept
+    assert classify_threads(None, files=100, batch_size=16) == 1  # many files: one-thread sessions, every core busy
+    assert classify_threads(None, files=16, batch_size=16) is None  # one batch: ONNX Runtime's own threads

@@ -1,7 +1,8 @@
 """ShuffleNet image classifiers as deployable software.
 
-``import shufflenet`` needs only the base install (numpy, onnx, onnxruntime, pillow) and never
-imports torch; torch-backed functions import it when called.
+``import shufflenet`` needs only the base install (numpy, onnx, onnxruntime, pillow, tqdm) and
+never imports torch; torch-backed functions import it when called. The choices and defaults of
+every entry point are in :mod:`shufflenet.options`.
 """
 
 from __future__ import annotations

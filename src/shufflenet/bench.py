@@ -17,20 +17,21 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from ._onnx import fixed_batch, input_names, input_shape, ort_session as _new_session
 from .errors import ShuffleNetError, install_hint
+from .options import (BENCH_BACKENDS as BACKENDS, BENCH_BATCHES, BENCH_BLOCK as BLOCK, BENCH_IMAGE_BATCHES,
+                      BENCH_IMAGE_WORKERS, BENCH_MODES as MODES, BENCH_RUNS, BENCH_THREADS, BENCH_WARMUP)
 from .runtime import is_untrained, resolve_model
 
-__all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "ort_session", "MODES", "BLOCK"]
-
-BACKENDS = ("onnxruntime", "openvino")
-MODES = ("blocked", "interleaved")
-BLOCK = 40  # consecutive runs of one model per round in blocked mode
+__all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "p50_ratios", "ort_session",
+           "MODES", "BLOCK"]
 
 
 class BenchError(ShuffleNetError, ValueError):
@@ -49,9 +50,8 @@ def ort_session(model: onnx.ModelProto, threads: int | None, *, defaults: bool =
                 optimize: bool = True):
     """An ORT session: ``defaults`` = what a user gets with no options (the zoo recipe), else
     pinned threads, all graph optimisations, sequential execution. ``optimize``: the runtime's
-    exact load-time rewrites (``onnx_optimize``), as classify and evaluate apply them."""
-    import onnxruntime as ort
-
+    exact load-time rewrites (``onnx_optimize``), as classify and evaluate apply them. The thread
+    count is a benchmark axis: pinned in both."""
     from .onnx_legacy import upgrade_to_opset7
 
     model = upgrade_to_opset7(model)
@@ -59,24 +59,16 @@ def ort_session(model: onnx.ModelProto, threads: int | None, *, defaults: bool =
         from .onnx_optimize import optimize_for_inference
 
         model = optimize_for_inference(model)
-
-    opts = ort.SessionOptions()
-    if not defaults:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-    elif threads:
-        opts.intra_op_num_threads = threads  # the thread count is a benchmark axis, pinned in both
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if defaults:
+        return _new_session(model, threads=threads)
+    return _new_session(model, threads=threads, optimization="all", sequential=True)
 
 
 class _Runner:
     def __init__(self, model: onnx.ModelProto, backend: str, threads: int, precision: str | None,
                  ort_defaults: bool, optimize: bool = True) -> None:
         self.backend = backend
-        self.input = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
+        self.input = input_names(model)[0]
         self.precision = "f32"
         if backend == "onnxruntime":
             self.sess = ort_session(model, threads, defaults=ort_defaults, optimize=optimize)
@@ -122,18 +114,24 @@ class BenchRow:
         return d
 
 
-def _input_shape(model: onnx.ModelProto, batch: int) -> tuple[int, ...]:
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
-    if fixed and fixed != batch:
-        raise BenchError(f"{model.graph.name}: fixed batch {fixed}, cannot run batch {batch}")
-    return (batch, *[d.dim_value for d in dims[1:]])
+@dataclass(frozen=True)
+class _Plan:
+    """How every (threads, batch) configuration is measured."""
+
+    runs: int
+    warmup: int
+    step: int  # consecutive timed runs of one model per round
+    backend: str
+    precision: str | None
+    ort_defaults: bool
+    optimize: bool
+    mode: str
 
 
-def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[int, ...] = (1,),
-          runs: int = 200, warmup: int = 20, backend: str = "onnxruntime", precision: str | None = None,
-          ort_defaults: bool = False, mode: str = "blocked", block: int = BLOCK, optimize: bool = True,
-          progress=None) -> dict:
+def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, threads: tuple[int, ...] = BENCH_THREADS,
+          runs: int = BENCH_RUNS, warmup: int = BENCH_WARMUP, backend: str = BACKENDS[0],
+          precision: str | None = None, ort_defaults: bool = False, mode: str = MODES[0], block: int = BLOCK,
+          optimize: bool = True, progress=None) -> dict:
     """Benchmark ``models`` (paths or names, see Classifier) in every (threads, batch) config,
     ``runs`` timed runs per model: in blocks of ``block`` consecutive runs per model and round
     (``mode="blocked"``) or one run per model in turn (``"interleaved"``)."""
@@ -143,49 +141,73 @@ def bench(models: list[str], *, batches: tuple[int, ...] = (1,), threads: tuple[
         raise BenchError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if runs < 1 or warmup < 0 or block < 1:
         raise BenchError("runs and block must be positive and warmup non-negative")
-    step = 1 if mode == "interleaved" else min(block, runs)
+    plan = _Plan(runs, warmup, 1 if mode == "interleaved" else min(block, runs), backend, precision,
+                 ort_defaults, optimize, mode)
     protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
               for m in models]
-    untrained = [str(name) for name, proto in protos if is_untrained(proto)]
-    rows: list[BenchRow] = []
     rng = np.random.default_rng(0)
-    for t in threads:
-        for b in batches:
-            runners = []
-            for name, proto in protos:
-                before = _rss_mb()
-                t0 = time.perf_counter()
-                r = _Runner(proto, backend, t, precision, ort_defaults, optimize)
-                load = (time.perf_counter() - t0) * 1e3
-                x = rng.standard_normal(_input_shape(proto, b)).astype(np.float32)
-                for _ in range(max(warmup, 1)):
-                    r.run(x)
-                runners.append((name, r, x, load, _rss_mb() - before, []))
-            done = 0
-            while done < runs:  # round after round: `step` consecutive runs of each model in turn
-                n = min(step, runs - done)
-                for name, r, x, _, _, samples in runners:
-                    for _ in range(n):
-                        s = time.perf_counter()
-                        r.run(x)
-                        samples.append((time.perf_counter() - s) * 1e3)
-                done += n
-                if progress:
-                    progress(done, runs)
-            for name, r, x, load, rss, samples in runners:
-                q = np.percentile(samples, [50, 90, 99])
-                rows.append(BenchRow(str(name), backend, r.precision, t, b, runs, float(q[0]), float(q[1]),
-                                     float(q[2]), statistics.fmean(samples), b / (q[0] / 1e3), load, rss, mode,
-                                     samples))
+    rows = [row for t in threads for b in batches for row in _bench_config(protos, t, b, plan, rng, progress)]
+    return {"rows": rows, "env": _env(plan), "untrained": [str(name) for name, proto in protos if is_untrained(proto)]}
+
+
+def _bench_config(protos: list, threads: int, batch: int, plan: _Plan, rng: np.random.Generator,
+                  progress) -> list[BenchRow]:
+    """Load and warm every model, then time them round after round: ``plan.step`` consecutive
+    runs of each model in turn, until each has ``plan.runs``."""
+    runners = []
+    for name, proto in protos:
+        before = _rss_mb()
+        t0 = time.perf_counter()
+        r = _Runner(proto, plan.backend, threads, plan.precision, plan.ort_defaults, plan.optimize)
+        load = (time.perf_counter() - t0) * 1e3
+        fixed = fixed_batch(proto)
+        if fixed and fixed != batch:
+            raise BenchError(f"{proto.graph.name}: fixed batch {fixed}, cannot run batch {batch}")
+        x = rng.standard_normal(input_shape(proto, batch)).astype(np.float32)
+        for _ in range(max(plan.warmup, 1)):
+            r.run(x)
+        runners.append((name, r, x, load, _rss_mb() - before, []))
+    done = 0
+    while done < plan.runs:
+        n = min(plan.step, plan.runs - done)
+        for _, r, x, _, _, samples in runners:
+            for _ in range(n):
+                s = time.perf_counter()
+                r.run(x)
+                samples.append((time.perf_counter() - s) * 1e3)
+        done += n
+        if progress:
+            progress(done, plan.runs)
+    rows = []
+    for name, r, _, load, rss, samples in runners:
+        q = np.percentile(samples, [50, 90, 99])
+        rows.append(BenchRow(str(name), plan.backend, r.precision, threads, batch, plan.runs, float(q[0]),
+                             float(q[1]), float(q[2]), statistics.fmean(samples), batch / (q[0] / 1e3), load, rss,
+                             plan.mode, samples))
+    return rows
+
+
+def _env(plan: _Plan) -> dict:
+    """What the numbers were measured on and how."""
     import onnxruntime
 
-    env = {"onnxruntime": onnxruntime.__version__, "cpu": _cpu_name(), "cores": os.cpu_count(),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "ort_session": "defaults" if ort_defaults else "ORT_ENABLE_ALL, sequential, pinned threads",
-           "mode": mode if mode == "interleaved" else f"blocked ({step} consecutive runs per model and round)",
-           "load_time_rewrites": optimize,
-           "date": time.strftime("%Y-%m-%d")}
-    return {"rows": rows, "env": env, "untrained": untrained}
+    return {"onnxruntime": onnxruntime.__version__, "cpu": _cpu_name(), "cores": os.cpu_count(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "ort_session": "defaults" if plan.ort_defaults else "ORT_ENABLE_ALL, sequential, pinned threads",
+            "mode": plan.mode if plan.mode == "interleaved" else
+            f"blocked ({plan.step} consecutive runs per model and round)",
+            "load_time_rewrites": plan.optimize,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def p50_ratios(rows: list[BenchRow]) -> list[tuple[str, float]]:
+    """How each model compares with the first, in the first (threads, batch) configuration:
+    ``[(model, first model's p50 / its p50)]`` for the second model on (above 1: faster than the
+    first); empty with fewer than two models."""
+    if not rows:
+        return []
+    base = [r for r in rows if (r.threads, r.batch) == (rows[0].threads, rows[0].batch)]
+    return [(r.model, base[0].p50_ms / r.p50_ms) for r in base[1:]]
 
 
 def plot(rows: list[BenchRow], path: str | os.PathLike) -> Path:
@@ -211,9 +233,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_images(model: str, images: str | os.PathLike, *, batch: int = 8, workers: int = 2,
-                 threads: int | None = None, limit: int | None = None, repeat: int = 2,
-                 optimize: bool = True) -> dict:
+def bench_images(model: str, images: str | os.PathLike, *, batch: int = BENCH_IMAGE_BATCHES[0],
+                 workers: int = BENCH_IMAGE_WORKERS, threads: int | None = None, limit: int | None = None,
+                 repeat: int = 2, optimize: bool = True) -> dict:
     """End to end over an image folder with ``classify``'s pipeline (decode + preprocess on
     ``workers`` threads, overlapped with batched inference): images/s, best of ``repeat``, and
     where the time goes (stage seconds, decode and preprocess summed over workers)."""
@@ -221,13 +243,14 @@ def bench_images(model: str, images: str | os.PathLike, *, batch: int = 8, worke
                              limit=limit, repeat=repeat, optimize=optimize)[0]
 
 
-def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple[int, ...] = (8,),
-                      workers: int = 2, threads: int | None = None, limit: int | None = None,
-                      repeat: int = 2, optimize: bool = True) -> list[dict]:
-    """:func:`bench_images` for every model and batch size, interleaved: each round passes over
-    the folder once per model in turn, so drift on a noisy machine hits every model alike; each
-    figure is the best of ``repeat`` rounds. One dict per (batch, model), in that order."""
-    from .runtime import Classifier, expand_inputs, run_files
+def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple[int, ...] = BENCH_IMAGE_BATCHES,
+                      workers: int = BENCH_IMAGE_WORKERS, threads: int | None | Sequence[int | None] = None,
+                      limit: int | None = None, repeat: int = 2, optimize: bool = True) -> list[dict]:
+    """:func:`bench_images` for every model and batch size (and every thread count when
+    ``threads`` is a sequence), interleaved: each round passes over the folder once per model in
+    turn, so drift on a noisy machine hits every model alike; each figure is the best of
+    ``repeat`` rounds. One dict per (threads, batch, model), in that order."""
+    from .runtime import Classifier, expand_inputs
 
     if repeat < 1:
         raise BenchError("repeat must be positive")
@@ -237,24 +260,34 @@ def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple
     files = files[:limit] if limit else files
     if not files:
         raise BenchError(f"{images}: no images")
-    clfs = [(m if isinstance(m, (str, os.PathLike)) else "model", Classifier(m, threads=threads, optimize=optimize)) for m in models]
     out = []
-    for batch in batches:
-        best: dict[int, tuple] = {}
-        for _ in range(repeat):
-            for k, (_, clf) in enumerate(clfs):
-                stage: dict[str, float] = {}
-                t0 = time.perf_counter()
-                results = list(run_files(clf, files, top=1, batch_size=batch, workers=workers, timings=stage))
-                wall = time.perf_counter() - t0
-                if k not in best or wall < best[k][0]:
-                    best[k] = (wall, stage, results)
-        for k, (name, _) in enumerate(clfs):
-            wall, stage, results = best[k]
-            out.append({"model": str(name), "images": len(files), "seconds": wall,
-                        "images_per_s": len(files) / wall, "batch": batch, "workers": workers,
-                        "threads": threads, "repeat": repeat, "stage_seconds": stage,
-                        "untrained": clfs[k][1].untrained,
-                        "predictions": [r.predictions[0].index if r.predictions else None for r in results],
-                        "files": [str(f) for f in files]})
+    for t in (tuple(threads) if isinstance(threads, Sequence) else (threads,)):
+        clfs = [(m if isinstance(m, (str, os.PathLike)) else "model", Classifier(m, threads=t, optimize=optimize))
+                for m in models]
+        for batch in batches:
+            best = _best_passes([clf for _, clf in clfs], files, batch, workers, repeat)
+            for (name, clf), (wall, stage, results) in zip(clfs, best):
+                out.append({"model": str(name), "images": len(files), "seconds": wall,
+                            "images_per_s": len(files) / wall, "batch": batch, "workers": workers,
+                            "threads": t, "repeat": repeat, "stage_seconds": stage,
+                            "untrained": clf.untrained,
+                            "predictions": [r.predictions[0].index if r.predictions else None for r in results],
+                            "files": [str(f) for f in files]})
     return out
+
+
+def _best_passes(clfs: list, files: list[Path], batch: int, workers: int, repeat: int) -> list[tuple]:
+    """``repeat`` rounds of one pass over ``files`` per classifier in turn; for each classifier
+    its fastest pass: (wall seconds, stage seconds, results)."""
+    from .runtime import run_files
+
+    best: list[tuple | None] = [None] * len(clfs)
+    for _ in range(repeat):
+        for k, clf in enumerate(clfs):
+            stage: dict[str, float] = {}
+            t0 = time.perf_counter()
+            results = list(run_files(clf, files, top=1, batch_size=batch, workers=workers, timings=stage))
+            wall = time.perf_counter() - t0
+            if best[k] is None or wall < best[k][0]:
+                best[k] = (wall, stage, results)
+    return best

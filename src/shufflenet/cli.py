@@ -1,6 +1,9 @@
 """The ``shufflenet`` command: each subcommand parses, calls one library function, prints.
 
-User errors print one line on stderr and exit 2; a check that ran and failed exits 1.
+User errors print one line on stderr and exit 2; a check that ran and failed exits 1. Choices
+and defaults come from :mod:`shufflenet.options` (the library's own), and only the chosen
+command's arguments are built: ``shufflenet --help`` and ``--version`` load neither onnx, numpy
+nor Pillow.
 """
 
 from __future__ import annotations
@@ -9,10 +12,34 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import NamedTuple
 
 from . import __version__
+from ._progress import Bar
 from .errors import ShuffleNetError
+from .options import (
+    AMP_MODES, BENCH_BACKENDS, BENCH_BLOCK, BENCH_IMAGE_BATCHES, BENCH_IMAGE_WORKERS, BENCH_PRECISIONS, BENCH_RUNS,
+    BENCH_THREADS, BENCH_WARMUP, CALIB_METHODS, CLASSIFY_BATCH_SIZE, CLASSIFY_TOP, DEFAULT_MODEL, DEFAULT_OPSET,
+    DEMO_CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES, ENGINES, EXPORT_VIAS, MIN_OPSET, OPTIMIZERS, PAD_MULTIPLE,
+    QUANTIZE_DEFAULTS, QUANTIZE_FORMATS, RESIZE_MODES, SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT, TRAIN_DEFAULTS,
+    classify_threads,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose options' help ends with their default, taken from the value given
+    to ``add_argument`` (so it cannot go stale), unless the help states it already."""
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        default = action.default
+        if (action.option_strings and action.help and action.help != argparse.SUPPRESS
+                and default not in (None, False, True, argparse.SUPPRESS) and "default" not in action.help.lower()):
+            shown = f"{default:g}" if isinstance(default, float) else default
+            action.help += f" (default {shown})".replace("%", "%%")
+        return action
+
 
 def _print_table(rows: list[list[str]], headers: list[str], *, right: set[int] = frozenset()) -> None:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -51,39 +78,48 @@ def _shown(text) -> str:
     return printable(str(text))
 
 
-class _Bar:
-    """A one-line progress bar on stderr, only on a terminal and without --quiet."""
+def _usage(msg: str) -> ShuffleNetError:
+    """A usage problem the parser cannot see (exit 2, one line)."""
+    return ShuffleNetError(msg)
 
-    def __init__(self, label: str, quiet: bool = False, *, rate: bool = False) -> None:
-        self.label, self.on = label, (not quiet) and sys.stderr.isatty()
-        self.last = -1
-        self.rate, self.first = rate, None  # rate: images/s since the first report (start-up excluded)
 
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.on:
-            return
-        if total:
-            pct = int(100 * done / total)
-            if pct == self.last and not self.rate:
-                return
-            self.last = pct
-            bar = "#" * (pct // 4)
-            speed = ""
-            if self.rate:
-                import time
+def _given(**kwargs) -> dict:
+    """The keyword arguments the user gave (not None): the library's defaults apply to the rest."""
+    return {k: v for k, v in kwargs.items() if v is not None}
 
-                now = time.perf_counter()
-                self.first = self.first or (now, done)
-                if done > self.first[1]:
-                    speed = f" {(done - self.first[1]) / (now - self.first[0]):.1f} images/s"
-            sys.stderr.write(f"\r{self.label} [{bar:<25}] {pct:3d}% ({done}/{total}){speed}")
-        else:
-            sys.stderr.write(f"\r{self.label} {done:,}")
-        sys.stderr.flush()
 
-    def close(self) -> None:
-        if self.on and self.last != -1:
-            sys.stderr.write("\n")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+WEIGHTS_HELP = ("torchvision (published weights: torchvision's, or the zoo file for the Caffe2 V1) | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
+                "the same architecture)")
 
 
 # --------------------------------------------------------------------------- list
@@ -111,12 +147,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_list(sub) -> None:
-    p = sub.add_parser("list", help="list every architecture with params, MACs and published accuracy")
+def _args_list(p: argparse.ArgumentParser) -> None:
+    from .specs import get_spec, list_variants
+
+    families = list(dict.fromkeys(get_spec(name).family for name in list_variants()))  # the registry's own
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="variant names only, one per line")
-    p.add_argument("--family", choices=["shufflenet_v2", "shufflenet_v1", "shufflenet_v1_caffe2"],
-                   help="only this family")
+    p.add_argument("--family", choices=families, help="only this family")
     p.set_defaults(handler=_cmd_list)
 
 
@@ -154,33 +191,15 @@ def _read_labels(path: str) -> list[str]:
     return load_labels(path)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _args_export(p: argparse.ArgumentParser) -> None:
+    from .onnx_export import newest_opset  # the installed onnx's (export needs onnx anyway)
 
-
-WEIGHTS_HELP = ("torchvision (published weights: torchvision's, or the zoo file for the Caffe2 V1) | random | random:SEED | PATH (.pth .pt .safetensors .npz, or a .onnx of "
-                "the same architecture)")
-
-
-def _add_export(sub) -> None:
-    from .onnx_export import DEFAULT_OPSET, MIN_OPSET, newest_opset
-    from .optimize import PAD_MULTIPLE
-
-    p = sub.add_parser("export", help="write a variant as ONNX at any opset (optionally a zoo-style bundle)",
-                       description="Write a registry variant as ONNX, directly from its description "
-                                   "(no torch). With --test-data K, -o is a folder that receives "
-                                   "<name>/model.onnx and <name>/test_data_set_0..K-1.")
+    p.description = ("Write a registry variant as ONNX, directly from its description (no torch). With "
+                     "--test-data K, -o is a folder that receives <name>/model.onnx and <name>/test_data_set_0..K-1.")
     p.add_argument("variant", help="registry name (see `shufflenet list`)")
     p.add_argument("-o", "--out", "--output", dest="output", required=True,
                    help="the .onnx file, or the folder for a bundle")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"{MIN_OPSET}..{newest_opset()} (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"{MIN_OPSET}..{newest_opset()}")
     p.add_argument("--weights", default="random", help=WEIGHTS_HELP)
     p.add_argument("--batch", type=_positive_int, help="fix the batch size (default: dynamic)")
     p.add_argument("--keep-batchnorm", action="store_true",
@@ -206,7 +225,7 @@ def _add_export(sub) -> None:
     p.add_argument("--input-size", type=_positive_int,
                    help="square input size (default: the training run's, else 224)")
     p.add_argument("--labels", help="class names to store in the model (one per line, JSON list or TSV)")
-    p.add_argument("--via", choices=["emitter", "torch"], default="emitter",
+    p.add_argument("--via", choices=EXPORT_VIAS, default=EXPORT_VIAS[0],
                    help="emitter: written from the description (any opset, no torch); torch: "
                         "torch.onnx.export of the PyTorch module, then cleaned (opset >= 11)")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
@@ -242,10 +261,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _add_validate(sub) -> None:
-    p = sub.add_parser("validate", help="check a model against its test data as the zoo does",
-                       description="PATH: a .onnx with test_data_set_* beside it, a bundle folder, "
-                                   "or a .tar.gz. Exit 0 all pass, 1 a mismatch, 2 unusable input.")
+def _args_validate(p: argparse.ArgumentParser) -> None:
+    p.description = ("PATH: a .onnx with test_data_set_* beside it, a bundle folder, or a .tar.gz. "
+                     "Exit 0 all pass, 1 a mismatch, 2 unusable input.")
     p.add_argument("path", help="a .onnx with test_data_set_* beside it, a bundle folder or a .tar.gz")
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
@@ -265,7 +283,6 @@ def _check_engine(args: argparse.Namespace, ray_only: Sequence[str]) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from .preprocess import describe
     from .runtime import Classifier, expand_inputs, run_files
 
     _check_engine(args, ("address", "workers", "output"))
@@ -276,40 +293,47 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         for item, why in problems:
             print(f"shufflenet classify: {item}: {why}", file=sys.stderr)
         return 2
-    # many files: one-thread sessions, every core decodes and runs its own chunks (run_files)
-    threads = args.threads or (1 if len(files) > args.batch_size else None)
-    clf = Classifier(args.model, threads=threads, labels=args.labels, resize=args.resize,
-                     exact=args.exact, optimize=not args.no_optimize)
+    clf = Classifier(args.model, threads=classify_threads(args.threads, len(files), args.batch_size),
+                     labels=args.labels, resize=args.resize, exact=args.exact, optimize=not args.no_optimize)
     _untrained_notice("classify", [clf.source] if clf.untrained else [], args.quiet)
-    bar = _Bar("classify", args.quiet or args.json or len(files) < 20)
-    results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
-    bar.close()
-    failed = [r for r in results if r.error] + problems
+    with Bar("classify", args.quiet or args.json or len(files) < 20, unit="img") as bar:
+        results = list(run_files(clf, files, top=args.top, batch_size=args.batch_size, progress=bar))
     if args.json:
-        _print_json({
-            "model": clf.source, "output_kind": clf.output_kind,
-            "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
-            "results": [{"path": r.path, "error": r.error,
-                         "top": None if r.predictions is None else [p.__dict__ for p in r.predictions]}
-                        for r in results],
-            "problems": [{"path": i, "error": w} for i, w in problems],
-        })
+        _print_classify_json(clf, results, problems)
     else:
-        for r in results:
-            if r.error:
-                continue
-            best = r.predictions[0]
-            rest = ", ".join(f"{_shown(p.label)} {p.probability:.1%}" for p in r.predictions[1:])
-            print(f"{_shown(r.path)}: {_shown(best.label)} ({best.index}) {best.probability:.1%}"
-                  + (f"  | {rest}" if rest else ""))
-        for r in results:
-            if r.error:
-                print(f"shufflenet classify: skipped {_shown(r.error)}", file=sys.stderr)
-        for item, why in problems:
-            print(f"shufflenet classify: skipped {_shown(item)}: {_shown(why)}", file=sys.stderr)
+        _print_classified(results, problems)
     if not any(r.predictions for r in results):
         return 2  # nothing usable: every file was skipped
-    return 1 if failed else 0
+    return 1 if problems or any(r.error for r in results) else 0
+
+
+def _print_classify_json(clf, results: list, problems: list[tuple[str, str]]) -> None:
+    from .preprocess import describe
+
+    _print_json({
+        "model": clf.source, "output_kind": clf.output_kind,
+        "preprocessing": describe(clf.recipe, resize=clf.resize, exact=clf.exact),
+        "results": [{"path": r.path, "error": r.error,
+                     "top": None if r.predictions is None else [p.__dict__ for p in r.predictions]}
+                    for r in results],
+        "problems": [{"path": i, "error": w} for i, w in problems],
+    })
+
+
+def _print_classified(results: list, problems: list[tuple[str, str]]) -> None:
+    """One line per answered file on stdout; the skipped ones, with the reason, on stderr."""
+    for r in results:
+        if r.error:
+            continue
+        best = r.predictions[0]
+        rest = ", ".join(f"{_shown(p.label)} {p.probability:.1%}" for p in r.predictions[1:])
+        print(f"{_shown(r.path)}: {_shown(best.label)} ({best.index}) {best.probability:.1%}"
+              + (f"  | {rest}" if rest else ""))
+    for r in results:
+        if r.error:
+            print(f"shufflenet classify: skipped {_shown(r.error)}", file=sys.stderr)
+    for item, why in problems:
+        print(f"shufflenet classify: skipped {_shown(item)}: {_shown(why)}", file=sys.stderr)
 
 
 def _classify_ray(args: argparse.Namespace) -> int:
@@ -317,11 +341,10 @@ def _classify_ray(args: argparse.Namespace) -> int:
 
     if args.output is None:
         raise _usage("--engine ray writes one row per image to --output FILE (.parquet or .jsonl)")
-    bar = _Bar("classify", args.quiet or args.json, rate=True)
-    report = classify(args.images, args.model, args.output, address=args.address, workers=args.workers,
-                      threads=args.threads or 1, top=args.top, batch_size=args.batch_size,
-                      labels=args.labels, resize=args.resize, exact=args.exact, progress=bar)
-    bar.close()
+    with Bar("classify", args.quiet or args.json, unit="img") as bar:
+        report = classify(args.images, args.model, args.output, address=args.address, workers=args.workers,
+                          top=args.top, batch_size=args.batch_size, labels=args.labels, resize=args.resize,
+                          exact=args.exact, progress=bar, **_given(threads=args.threads))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -334,8 +357,8 @@ def _classify_ray(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0  # as local classify: 1 when any input was skipped
 
 
-def _add_engine_args(p, *, output: bool) -> None:
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
+def _add_engine_args(p: argparse.ArgumentParser, *, output: bool) -> None:
+    p.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
                    help="local: every core of this machine; ray: a Ray Data actor pool (the ray extra), "
                         "same results bit for bit (docs/scale.md)")
     p.add_argument("--address", help="ray: join this cluster (HEAD_IP:6379); default: $RAY_ADDRESS, "
@@ -347,14 +370,14 @@ def _add_engine_args(p, *, output: bool) -> None:
                                               "probabilities, error) as .parquet or .jsonl, written atomically")
 
 
-def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True) -> None:
-    p.add_argument("--model", default="shufflenet_v2_x1_0", required=model_required,
+def _add_model_args(p: argparse.ArgumentParser, *, model_required: bool = False, exact_flag: bool = True) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, required=model_required,
                    help="a .onnx path, a zoo artifact (shufflenet-v2-12 ...), a variant (pretrained, "
-                        "fetched when not cached) or VARIANT:random[:SEED] (default shufflenet_v2_x1_0)")
+                        "fetched when not cached) or VARIANT:random[:SEED]")
     p.add_argument("--threads", type=_positive_int,
                    help="ONNX Runtime intra-op threads (classify default: 1 per session when there are "
                         "more files than one batch, so every core decodes and runs its own batches)")
-    p.add_argument("--resize", choices=["shorter", "square"],
+    p.add_argument("--resize", choices=RESIZE_MODES,
                    help="shorter: shorter side to 256 (torchvision); square: whole image to 256x256 "
                         "(the zoo notebook); default: the model's own")
     if exact_flag:
@@ -365,21 +388,20 @@ def _add_model_args(p, *, model_required: bool = False, exact_flag: bool = True)
         p.add_argument("--photo-decoding", action="store_true",
                        help="apply EXIF orientation and draft-decode large JPEGs (faster, not torchvision's; "
                             "default: torchvision's exact decoding)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per inference call (default 16)")
+    p.add_argument("--batch-size", type=_positive_int, default=CLASSIFY_BATCH_SIZE, help="images per inference call")
     p.add_argument("--no-optimize", action="store_true",
                    help="run the model's graph as given (default: the runtime's exact load-time rewrites, "
                         "e.g. channel padding; the same outputs, faster)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
 
 
-def _add_classify(sub) -> None:
-    p = sub.add_parser("classify", help="top-k classes for images, folders or globs",
-                       description="Exit 0: every file answered; 1: some files were skipped (each "
-                                   "reported with the reason); 2: nothing usable.")
+def _args_classify(p: argparse.ArgumentParser) -> None:
+    p.description = ("Exit 0: every file answered; 1: some files were skipped (each reported with the "
+                     "reason); 2: nothing usable.")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs; with "
                                              "--engine ray also URIs (s3://...) and .txt lists of paths")
     _add_model_args(p)
-    p.add_argument("--top", type=_positive_int, default=5, help="classes per image (default 5)")
+    p.add_argument("--top", type=_positive_int, default=CLASSIFY_TOP, help="classes per image")
     p.add_argument("--labels", help="label file for a custom model (one per line, JSON list or TSV)")
     _add_engine_args(p, output=True)
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
@@ -391,28 +413,32 @@ def _add_classify(sub) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_engine(args, ("address", "workers"))
-    bar = _Bar("evaluate", args.quiet or args.json, rate=args.engine == "ray")
-    if args.engine == "ray":
-        from .ray_engine import evaluate
+    if args.engine == "ray" and args.compare:
+        raise _usage("--compare runs with the local engine only")
+    with Bar("evaluate", args.quiet or args.json, unit="img") as bar:
+        if args.engine == "ray":
+            from .ray_engine import evaluate
 
-        if args.compare:
-            raise _usage("--compare runs with the local engine only")
-        report = evaluate(args.model, args.data, label_file=args.label_file, limit=args.limit,
-                          address=args.address, workers=args.workers, threads=args.threads or 1,
-                          batch_size=args.batch_size, resize=args.resize, exact=not args.photo_decoding, progress=bar)
-    else:
-        from .evaluate import evaluate
+            report = evaluate(args.model, args.data, label_file=args.label_file, limit=args.limit,
+                              address=args.address, workers=args.workers, batch_size=args.batch_size,
+                              resize=args.resize, exact=not args.photo_decoding, progress=bar,
+                              **_given(threads=args.threads))
+        else:
+            from .evaluate import evaluate
 
-        report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
-                          label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
-                          resize=args.resize, exact=not args.photo_decoding, optimize=not args.no_optimize,
-                          progress=bar)
-    bar.close()
+            report = evaluate(args.model, args.data, limit=args.limit, compare=args.compare,
+                              label_file=args.label_file, batch_size=args.batch_size, threads=args.threads,
+                              resize=args.resize, exact=not args.photo_decoding, optimize=not args.no_optimize,
+                              progress=bar)
     _untrained_notice("evaluate", report.untrained, args.quiet)
-    status = 1 if report.skipped else 0  # as classify: a skipped image is a failed check
     if args.json:
         _print_json(report.to_dict())
-        return status
+    else:
+        _print_evaluation(report)
+    return 1 if report.skipped else 0  # as classify: a skipped image is a failed check
+
+
+def _print_evaluation(report) -> None:
     print(f"model          {report.model}")
     print(f"data           {report.data} ({report.layout})")
     print(f"preprocessing  {report.preprocessing}")
@@ -428,15 +454,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"skipped        {len(report.skipped)}")
         for path, why in report.skipped:
             print(f"  {_shown(path)}: {_shown(why)}")
-    return status
 
 
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder",
-                       description="DATA: an ImageFolder (folders named by WordNet id or class "
-                                   "name), files named <wnid>_<anything>, or a flat folder with "
-                                   "--label-file ('filename index' per line). Exit 0: every image "
-                                   "scored; 1: some were skipped (each listed with the reason).")
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
+    p.description = ("DATA: an ImageFolder (folders named by WordNet id or class name), files named "
+                     "<wnid>_<anything>, or a flat folder with --label-file ('filename index' per line). "
+                     "Exit 0: every image scored; 1: some were skipped (each listed with the reason).")
     _add_model_args(p, exact_flag=False)
     p.add_argument("--data", required=True, help="the labelled image folder")
     p.add_argument("--label-file", help="'filename index' per line (ImageNet val convention)")
@@ -451,34 +474,25 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .hub import cache_dir, fetch, find_artifact, list_cache
-
     if args.list:
-        entries = list_cache()
-        if args.json:
-            _print_json({"cache": str(cache_dir()), "artifacts": [
-                {**e.artifact.__dict__, "path": str(e.path), "cached": e.present} for e in entries]})
-            return 0
-        rows = [[e.artifact.name, e.artifact.kind, e.artifact.variant,
-                 f"{e.artifact.size:,}" if e.artifact.size else "-", "cached" if e.present else "-"] for e in entries]
-        _print_table(rows, ["artifact", "kind", "variant", "bytes", "status"])
-        print(f"cache: {cache_dir()}")
-        return 0
+        return _fetch_list(args)
     if not args.names:
         raise _usage("give an artifact name (see `shufflenet fetch --list`)")
     if (args.opset is not None or args.base) and not args.manifest:
         raise _usage("--opset and --base read a manifest: give --manifest as well")
     paths = {}
     for name in args.names:
-        bar = _Bar(name, args.quiet or args.json)
-        if args.manifest:
-            from .hub_manifest import fetch_from_manifest
+        with Bar(name, args.quiet or args.json, unit="B", unit_scale=True) as bar:
+            if args.manifest:
+                from .hub_manifest import fetch_from_manifest
 
-            paths[name] = str(fetch_from_manifest(args.manifest, name, opset=args.opset, base=args.base,
-                                                  progress=bar, force=args.force))
-        else:
-            paths[name] = str(fetch(find_artifact(name), progress=bar, force=args.force))
-        bar.close()
+                path = fetch_from_manifest(args.manifest, name, opset=args.opset, base=args.base,
+                                           progress=bar, force=args.force)
+            else:
+                from .hub import fetch, find_artifact
+
+                path = fetch(find_artifact(name), progress=bar, force=args.force)
+        paths[name] = str(path)
         if not args.json:
             print(paths[name])
     if args.json:
@@ -486,15 +500,24 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usage(msg: str) -> ShuffleNetError:
-    """A usage problem the parser cannot see (exit 2, one line)."""
-    return ShuffleNetError(msg)
+def _fetch_list(args: argparse.Namespace) -> int:
+    from .hub import cache_dir, list_cache
+
+    entries = list_cache()
+    if args.json:
+        _print_json({"cache": str(cache_dir()), "artifacts": [
+            {**e.artifact.__dict__, "path": str(e.path), "cached": e.present} for e in entries]})
+        return 0
+    rows = [[e.artifact.name, e.artifact.kind, e.artifact.variant,
+             f"{e.artifact.size:,}" if e.artifact.size else "-", "cached" if e.present else "-"] for e in entries]
+    _print_table(rows, ["artifact", "kind", "variant", "bytes", "status"])
+    print(f"cache: {cache_dir()}")
+    return 0
 
 
-def _add_fetch(sub) -> None:
-    p = sub.add_parser("fetch", help="download and verify published artifacts into the cache",
-                       description="Cache: $SHUFFLENET_HOME, else $XDG_CACHE_HOME/shufflenet, else "
-                                   "~/.cache/shufflenet. $SHUFFLENET_MIRROR: a base URL tried first.")
+def _args_fetch(p: argparse.ArgumentParser) -> None:
+    p.description = ("Cache: $SHUFFLENET_HOME, else $XDG_CACHE_HOME/shufflenet, else ~/.cache/shufflenet. "
+                     "$SHUFFLENET_MIRROR: a base URL tried first.")
     p.add_argument("names", nargs="*", help="artifact names, e.g. shufflenet-v2-12")
     p.add_argument("--list", action="store_true", help="list the known artifacts and what is cached")
     p.add_argument("--manifest", metavar="PATH_OR_URL",
@@ -509,7 +532,7 @@ def _add_fetch(sub) -> None:
     p.set_defaults(handler=_cmd_fetch)
 
 
-# --------------------------------------------------------------------------- demo-data / train
+# --------------------------------------------------------------------------- demo-data
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -530,20 +553,17 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo_data(sub) -> None:
-    from .demo_data import CLASSES, DIFFICULTIES
-
-    p = sub.add_parser("demo-data", help="generate an offline ImageFolder dataset of drawn objects",
-                       description="Writes DIR/train/<class>/ and DIR/val/<class>/ JPEGs of "
-                                   f"procedurally drawn objects ({', '.join(CLASSES)}), "
-                                   "deterministically from --seed.")
+def _args_demo_data(p: argparse.ArgumentParser) -> None:
+    d = DEMO_DEFAULTS
+    p.description = ("Writes DIR/train/<class>/ and DIR/val/<class>/ JPEGs of procedurally drawn objects "
+                     f"({', '.join(DEMO_CLASSES)}), deterministically from --seed.")
     p.add_argument("dir", nargs="?", help="the folder to write (new or empty); or -o DIR")
     p.add_argument("-o", "--out", help="the folder to write, as DIR")
-    p.add_argument("--classes", type=_positive_int, default=10, help=f"2..{len(CLASSES)}")
-    p.add_argument("--per-class", type=_positive_int, default=500, help="images per class, 20%% held out")
-    p.add_argument("--size", type=_positive_int, default=64, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of it")
-    p.add_argument("--difficulty", choices=DIFFICULTIES, default="normal",
+    p.add_argument("--classes", type=_positive_int, default=d["classes"], help=f"2..{len(DEMO_CLASSES)}")
+    p.add_argument("--per-class", type=_positive_int, default=d["per_class"], help="images per class, 20%% held out")
+    p.add_argument("--size", type=_positive_int, default=d["size"], help="image side in pixels")
+    p.add_argument("--seed", type=int, default=d["seed"], help="the dataset is a pure function of it")
+    p.add_argument("--difficulty", choices=DEMO_DIFFICULTIES, default=d["difficulty"],
                    help="easy: a grey object on a dark background (quick checks); normal: light on dark or "
                         "dark on light, random hues, learnable in minutes; hard: random colours, clutter, "
                         "textures, blur, JPEG noise")
@@ -552,43 +572,70 @@ def _add_demo_data(sub) -> None:
     p.set_defaults(handler=_cmd_demo_data)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, resume, train
+# --------------------------------------------------------------------------- train
 
-    if not args.resume:
-        if not args.data or not args.output:
-            raise _usage("--data and -o RUN are required (or --resume RUN)")
-        given = {k: v for k, v in vars(args).items() if v is not None and k != "out"}
-        cfg = TrainConfig.from_dict({**given, "out": args.output})
-    state = {"epoch": -1, "seconds": []}
-    bar = _Bar("train", args.quiet)
-    report = int(os.environ.get("RANK", "0")) == 0 and not args.json  # under torchrun, rank 0 reports
+#: train's arguments that steer the command rather than the run: every other argument given is a
+#: TrainConfig field (the run folder, -o, is TrainConfig's ``out``)
+_TRAIN_CLI_ONLY = frozenset({"command", "handler", "resume", "output", "json", "quiet"})
 
-    def progress(epoch, step, steps, loss):
-        if state["epoch"] != epoch:
-            bar.close()
-            state["epoch"] = epoch
-            bar.label, bar.last = f"epoch {epoch + 1}", -1
-        bar(step, steps)
 
-    def on_epoch(h, epochs):  # one line per epoch as it ends, flushed: visible in logs and pipes
-        bar.close()
-        bar.last = -1
-        state["seconds"].append(h["seconds"])
-        eta = (epochs - h["epoch"]) * sum(state["seconds"]) / len(state["seconds"])
-        if report:
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    if not args.data or not args.output:
+        raise _usage("--data and -o RUN are required (or --resume RUN)")
+    given = {k: v for k, v in vars(args).items() if k not in _TRAIN_CLI_ONLY and v is not None}
+    return TrainConfig.from_dict({**given, "out": args.output})
+
+
+class _EpochPrinter:
+    """train's output: a progress bar per epoch (on a terminal), then one line per epoch as it
+    ends, flushed so it shows in logs and pipes. Under torchrun only rank 0 prints the lines."""
+
+    def __init__(self, quiet: bool, json_out: bool) -> None:
+        self.quiet = quiet or json_out
+        self.report = int(os.environ.get("RANK", "0")) == 0 and not json_out
+        self.bar: Bar | None = None
+        self.epoch = -1
+        self.seconds: list[float] = []
+
+    def progress(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        if self.bar is None or epoch != self.epoch:
+            self.close()
+            self.epoch = epoch
+            self.bar = Bar(f"epoch {epoch + 1}", self.quiet, unit="step", leave=False)
+        self.bar(step, steps)
+
+    def on_epoch(self, h: dict, epochs: int) -> None:
+        self.close()
+        self.seconds.append(h["seconds"])
+        eta = (epochs - h["epoch"]) * sum(self.seconds) / len(self.seconds)
+        if self.report:
             val = "-" if h["val_acc"] is None else f"loss {h['val_loss']:.3f} acc {h['val_acc']:.1f}%"
             print(f"epoch {h['epoch']:3d}/{epochs}  train loss {h['train_loss']:.3f} acc {h['train_acc']:.1f}%  "
                   f"val {val}  lr {h['lr']:.3g}  {h['seconds']:.1f}s  eta {eta:.0f}s", flush=True)
 
-    result = (resume(args.resume, epochs=args.epochs, progress=progress, on_epoch=on_epoch) if args.resume
-              else train(cfg, progress=progress, on_epoch=on_epoch))
-    bar.close()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import resume, train
+
+    cfg = None if args.resume else _train_config(args)
+    out = _EpochPrinter(args.quiet, args.json)
+    try:
+        result = (resume(args.resume, epochs=args.epochs, progress=out.progress, on_epoch=out.on_epoch)
+                  if args.resume else train(cfg, progress=out.progress, on_epoch=out.on_epoch))
+    finally:
+        out.close()
     if args.json:
         _print_json({"run": str(result.run), "best_val_acc": result.best_val_acc, "final_val_acc": result.final_val_acc,
                      "epochs": result.epochs_done, "interrupted": result.interrupted, "seconds": result.seconds,
                      "history": result.history, "ddp": result.ddp})
-    elif report:
+    elif out.report:
         if result.interrupted:
             print(f"interrupted: resume with `shufflenet train --resume {result.run}`")
         else:
@@ -597,42 +644,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def _add_train(sub) -> None:
+def _args_train(p: argparse.ArgumentParser) -> None:
     # parser defaults stay None so a resume keeps the run's own settings; the defaults shown are
-    # TrainConfig's (tests/test_cli_conventions.py checks that every one is shown and current)
-    p = sub.add_parser("train", help="train or fine-tune on an ImageFolder (needs the torch extra)",
-                       description="DATA: DATA/train/<class>/ + DATA/val/<class>/, or DATA/<class>/ (split "
-                                   "by --val-fraction, seeded). RUN receives config, checkpoint, best/last "
-                                   "weights, class names, metrics CSV/JSON and curves.png. One line per epoch "
-                                   "as it ends. Ctrl-C leaves a resumable checkpoint. Under torchrun it trains "
-                                   "with DDP (gloo).")
+    # TrainConfig's (options.TRAIN_DEFAULTS)
+    t = TRAIN_DEFAULTS
+    p.description = ("DATA: DATA/train/<class>/ + DATA/val/<class>/, or DATA/<class>/ (split by "
+                     "--val-fraction, seeded). RUN receives config, checkpoint, best/last weights, class "
+                     "names, metrics CSV/JSON and curves.png. One line per epoch as it ends. Ctrl-C leaves a "
+                     "resumable checkpoint. Under torchrun it trains with DDP (gloo).")
     p.add_argument("--data", help="the image folder (required unless --resume)")
-    p.add_argument("--variant", help="registry variant (default shufflenet_v2_x0_5)")
+    p.add_argument("--variant", help=f"registry variant (default {t['variant']})")
     p.add_argument("-o", "--out", "--output", dest="output", help="the run folder (must be new or empty)")
     p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped")
     p.add_argument("--pretrained", help="torchvision | PATH: start from these weights, new head for the classes "
                                         "(default: from scratch)")
-    p.add_argument("--epochs", type=_positive_int, help="(default 20)")
-    p.add_argument("--batch-size", type=_positive_int, help="(default 64)")
+    p.add_argument("--epochs", type=_positive_int, help=f"(default {t['epochs']})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"(default {t['batch_size']})")
     p.add_argument("--img-size", type=_positive_int,
                    help="train crop size, 32..1024 (default 224, or the images' shorter side when smaller)")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="(default sgd: momentum 0.9, nesterov)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help=f"sgd: momentum 0.9, nesterov; adamw (default {t['optimizer']})")
     p.add_argument("--lr", type=float,
                    help="peak learning rate (default: SGD 0.1 scratch / 0.01 fine-tune; AdamW 3e-3 / 3e-4)")
     p.add_argument("--weight-decay", type=float,
                    help="not applied to BN and biases (default: SGD 4e-5, AdamW 0.05)")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up, then cosine to zero (default 2.0)")
-    p.add_argument("--label-smoothing", type=float, help="(default 0.1)")
-    p.add_argument("--grad-clip", type=float, help="max global gradient norm (default 5.0)")
+    p.add_argument("--warmup-epochs", type=float,
+                   help=f"linear warm-up, then cosine to zero (default {t['warmup_epochs']})")
+    p.add_argument("--label-smoothing", type=float, help=f"(default {t['label_smoothing']})")
+    p.add_argument("--grad-clip", type=float, help=f"max global gradient norm (default {t['grad_clip']})")
     p.add_argument("--ema", type=float, help="EMA decay of weights and BN statistics; evaluation and best "
-                                             "weights use it (default 0.99; 0 disables)")
-    p.add_argument("--freeze-backbone-epochs", type=int, help="train only the new head first (default 0)")
-    p.add_argument("--amp", choices=["off", "bf16", "auto"], help="bf16 autocast on CPU (default off)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+                                             f"weights use it (default {t['ema']}; 0 disables)")
+    p.add_argument("--freeze-backbone-epochs", type=int,
+                   help=f"train only the new head first (default {t['freeze_backbone_epochs']})")
+    p.add_argument("--amp", choices=AMP_MODES, help=f"bf16 autocast on CPU (default {t['amp']})")
+    p.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {t['workers']})")
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--seed", type=int, help="(default 0)")
-    p.add_argument("--val-fraction", type=float, help="held out when DATA has no val/ (default 0.2)")
-    p.add_argument("--min-scale", type=float, help="RandomResizedCrop lower scale bound (default 0.25)")
+    p.add_argument("--seed", type=int, help=f"(default {t['seed']})")
+    p.add_argument("--val-fraction", type=float, help=f"held out when DATA has no val/ (default {t['val_fraction']})")
+    p.add_argument("--min-scale", type=float, help=f"RandomResizedCrop lower scale bound (default {t['min_scale']})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (epoch lines still print)")
     p.add_argument("--json", action="store_true", help="print exact data as JSON (no epoch lines)")
     p.set_defaults(handler=_cmd_train)
@@ -661,72 +710,76 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        r, m = report.recipe, report.metrics
-        print(f"wrote    {report.output}  ({report.int8_bytes:,} bytes, fp32 {report.fp32_bytes:,}: "
-              f"{report.fp32_bytes / report.int8_bytes:.2f}x smaller)")
-        print(f"recipe   {r['format']} {'per-channel' if r['per_channel'] else 'per-tensor'} u8/s8"
-              f"{' reduce_range' if r['reduce_range'] else ''}, calibration {r['calib_method']} on "
-              f"{r['calib_images']} images, {len(r['excluded_nodes'])} nodes kept in fp32, opset {r['opset']}")
-        line = (f"fidelity top-1 agreement {m['top1_agreement']:.2f}%  top-5 overlap {m['top5_overlap']:.2f}%  "
-                f"logit cosine {m['logit_cosine']:.4f}")
-        if "fp32_accuracy" in m:
-            line += f"  accuracy fp32 {m['fp32_accuracy']:.2f}% int8 {m['int8_accuracy']:.2f}%"
-        print(line + ("  (not meaningful: untrained weights)" if report.untrained else ""))
-        if report.criterion:
-            c = report.criterion
-            want = []
-            if c["max_loss_pct"] is not None:
-                want.append(f"{c['measure']} loss {c['loss_pct']:.2f}% <= {c['max_loss_pct']}%")
-            if c["min_agreement_pct"] is not None:
-                want.append(f"agreement {c['agreement_pct']:.2f}% >= {c['min_agreement_pct']}%")
-            verdict = ("not meaningful: the weights are untrained" if not c.get("meaningful", True)
-                       else "met" if c["met"] else "NOT met")
-            print(f"criterion {' and '.join(want)}: {verdict} ({c['images']} images)")
-        if report.latency_ms:
-            lat = report.latency_ms
-            print(f"latency  fp32 {lat['fp32_ms']:.2f} ms  int8 {lat['int8_ms']:.2f} ms  ({lat['speedup']:.2f}x, "
-                  f"batch 1, 1 thread, {lat['runs']} runs each, {lat.get('mode', 'blocked')})")
-        if report.speed_note:
-            print(f"note     {report.speed_note}")
-        if report.worst_nodes:
-            print("worst    " + ", ".join(f"{t} {v:.1f} dB" for t, v in report.worst_nodes[:5]))
-        if report.plot:
-            print(f"plot     {report.plot}")
+        _print_quantized(report)
     c = report.criterion
     return 0 if not c or c["met"] or not c.get("meaningful", True) else 1  # random weights: nothing to judge
 
 
-def _add_quantize(sub) -> None:
-    p = sub.add_parser("quantize", help="int8 quantization (ONNX Runtime) tuned to keep accuracy",
-                       description="Static int8 quantization, QDQ or QOperator. With --max-loss the recipe "
-                                   "is tuned (calibration methods, then the least accurate tensors kept in "
-                                   "fp32) until the relative top-1 loss holds: accuracy with --eval-data, "
-                                   "else agreement with fp32 on held-out --calib images. Exit 1 when the "
-                                   "criterion could not be met (the best model found is still written); "
-                                   "on untrained (random) weights it is reported as not meaningful.")
+def _print_quantized(report) -> None:
+    r, m = report.recipe, report.metrics
+    print(f"wrote    {report.output}  ({report.int8_bytes:,} bytes, fp32 {report.fp32_bytes:,}: "
+          f"{report.fp32_bytes / report.int8_bytes:.2f}x smaller)")
+    print(f"recipe   {r['format']} {'per-channel' if r['per_channel'] else 'per-tensor'} u8/s8"
+          f"{' reduce_range' if r['reduce_range'] else ''}, calibration {r['calib_method']} on "
+          f"{r['calib_images']} images, {len(r['excluded_nodes'])} nodes kept in fp32, opset {r['opset']}")
+    line = (f"fidelity top-1 agreement {m['top1_agreement']:.2f}%  top-5 overlap {m['top5_overlap']:.2f}%  "
+            f"logit cosine {m['logit_cosine']:.4f}")
+    if "fp32_accuracy" in m:
+        line += f"  accuracy fp32 {m['fp32_accuracy']:.2f}% int8 {m['int8_accuracy']:.2f}%"
+    print(line + ("  (not meaningful: untrained weights)" if report.untrained else ""))
+    if report.criterion:
+        c = report.criterion
+        want = []
+        if c["max_loss_pct"] is not None:
+            want.append(f"{c['measure']} loss {c['loss_pct']:.2f}% <= {c['max_loss_pct']}%")
+        if c["min_agreement_pct"] is not None:
+            want.append(f"agreement {c['agreement_pct']:.2f}% >= {c['min_agreement_pct']}%")
+        verdict = ("not meaningful: the weights are untrained" if not c.get("meaningful", True)
+                   else "met" if c["met"] else "NOT met")
+        print(f"criterion {' and '.join(want)}: {verdict} ({c['images']} images)")
+    if report.latency_ms:
+        lat = report.latency_ms
+        print(f"latency  fp32 {lat['fp32_ms']:.2f} ms  int8 {lat['int8_ms']:.2f} ms  ({lat['speedup']:.2f}x, "
+              f"batch 1, 1 thread, {lat['runs']} runs each, {lat.get('mode', 'blocked')})")
+    if report.speed_note:
+        print(f"note     {report.speed_note}")
+    if report.worst_nodes:
+        print("worst    " + ", ".join(f"{t} {v:.1f} dB" for t, v in report.worst_nodes[:5]))
+    if report.plot:
+        print(f"plot     {report.plot}")
+
+
+def _args_quantize(p: argparse.ArgumentParser) -> None:
+    q = QUANTIZE_DEFAULTS
+    p.description = ("Static int8 quantization, QDQ or QOperator. With --max-loss the recipe is tuned "
+                     "(calibration methods, then the least accurate tensors kept in fp32) until the relative "
+                     "top-1 loss holds: accuracy with --eval-data, else agreement with fp32 on held-out --calib "
+                     "images. Exit 1 when the criterion could not be met (the best model found is still "
+                     "written); on untrained (random) weights it is reported as not meaningful.")
     p.add_argument("model", help="an fp32 .onnx")
     p.add_argument("-o", "--out", "--output", dest="output", required=True, help="the int8 .onnx to write")
     p.add_argument("--calib", required=True, help="folder of calibration images (any layout)")
-    p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq",
+    p.add_argument("--format", choices=QUANTIZE_FORMATS, default=q["format"],
                    help="qdq: QuantizeLinear/DequantizeLinear around float ops (like shufflenet-v2-12-qdq); "
                         "qoperator: QLinearConv and friends (like shufflenet-v2-12-int8)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                    help="per-output-channel weight scales (default)")
     g.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default=q["calib_method"],
                    help="activation range calibration tried first (tuning tries the others)")
     p.add_argument("--int8-stem", dest="fp32_stem", action="store_false",
                    help="quantize the stem too (default: first conv, ReLU and max pooling stay fp32, "
                         "which ONNX Runtime runs 1.17x faster overall here)")
-    p.add_argument("--calib-count", type=_positive_int, default=100, help="images sampled for calibration (default 100)")
+    p.add_argument("--calib-count", type=_positive_int, default=q["calib_count"],
+                   help="images sampled for calibration")
     p.add_argument("--max-loss", help="allowed relative top-1 loss in percent, e.g. 1%% (INC's default)")
     p.add_argument("--min-agreement", type=float, metavar="PCT",
                    help="also require this top-1 agreement with fp32, e.g. 98")
     p.add_argument("--eval-data", help="labelled folder (evaluate's layouts) to judge accuracy")
     p.add_argument("--label-file", help="'filename index' per line for a flat --eval-data folder")
     p.add_argument("--plot", help="write a PNG of per-tensor SQNR")
-    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default 0)")
+    p.add_argument("--seed", type=int, default=q["seed"], help=f"calibration sampling seed (default {q['seed']})")
     p.add_argument("-q", "--quiet", action="store_true", help="no tuning progress and no notices on stderr")
     p.add_argument("--json", action="store_true", help="print exact data as JSON")
     p.set_defaults(handler=_cmd_quantize)
@@ -739,16 +792,15 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     from .zoo import build
 
     variants = args.variants if args.variants in ("zoo", "all") else [v.strip() for v in args.variants.split(",") if v.strip()]
-    bar = _Bar("zoo build", args.quiet or args.json)
+    with Bar("zoo build", args.quiet or args.json, unit="artifact") as bar:
 
-    def progress(done, total, result):
-        bar(done, total)
-        if not result.ok and not args.json:
-            sys.stderr.write(f"\nshufflenet zoo: {result.artifact.name} failed: {result.error}\n")
+        def progress(done, total, result):
+            bar(done, total)
+            if not result.ok and not args.json:
+                bar.write(f"shufflenet zoo: {result.artifact.name} failed: {result.error}")
 
-    summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib, force=args.force,
-                    eval_data=args.eval_data, label_file=args.label_file, batch=args.batch, progress=progress)
-    bar.close()
+        summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib, force=args.force,
+                        eval_data=args.eval_data, label_file=args.label_file, batch=args.batch, progress=progress)
     if args.json:
         _print_json(summary)
     else:
@@ -759,8 +811,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def _add_zoo(sub) -> None:
-    p = sub.add_parser("zoo", help="build the ONNX Model Zoo's ShuffleNet table from source")
+def _args_zoo(p: argparse.ArgumentParser) -> None:
     zsub = p.add_subparsers(dest="zoo_command", metavar="build", required=True)
     b = zsub.add_parser("build", help="export, quantize, bundle and validate every artifact",
                         description="Rebuilds shufflenet-3/6/7/8/9 (Caffe2 V1), shufflenet-v2-10/12 and "
@@ -786,66 +837,59 @@ def _add_zoo(sub) -> None:
 # --------------------------------------------------------------------------- bench
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, bench_images_many
+    return _bench_images(args) if args.images else _bench_latency(args)
 
-    if args.images:
-        rows = [r for t in args.threads or (1,) for r in bench_images_many(
-            args.models, args.images, batches=args.batch or (8,), workers=args.workers, threads=t, limit=args.limit,
-            optimize=not args.no_optimize)]
-        _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
-        if args.json:
-            _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
-            return 0
-        print(f"{rows[0]['images']} images, {rows[0]['workers']} decode workers, best of {rows[0]['repeat']} "
-              "interleaved passes per model")
-        table = []
-        for r in rows:
-            st = r["stage_seconds"]
-            total = sum(st.values()) or 1.0
-            table.append([_short_name(r["model"]), str(r["threads"]), str(r["batch"]), f"{r['seconds']:.2f}", f"{r['images_per_s']:.1f}",
-                          *(f"{st[k]:.2f} ({st[k] / total:.0%})" for k in ("decode", "preprocess", "inference"))])
-        _print_table(table, ["model", "threads", "batch", "seconds", "img/s", "decode s", "preprocess s",
-                             "inference s"], right={1, 2, 3, 4, 5, 6, 7})
-        print("stage seconds are summed over the workers")
+
+def _bench_images(args: argparse.Namespace) -> int:
+    from .bench import bench_images_many
+
+    rows = bench_images_many(args.models, args.images, workers=args.workers, threads=args.threads or BENCH_THREADS,
+                             limit=args.limit, optimize=not args.no_optimize, **_given(batches=args.batch))
+    _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
+    if args.json:
+        _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
         return 0
-    args.batch, args.threads = args.batch or (1,), args.threads or (1,)
-    bar = _Bar("bench", args.quiet or args.json)
-    result = bench(args.models, batches=args.batch, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                   backend=args.backend, precision=args.precision, ort_defaults=args.ort_defaults,
-                   mode="interleaved" if args.interleaved else "blocked", block=args.block,
-                   optimize=not args.no_optimize, progress=bar)
-    bar.close()
-    _untrained_notice("bench", result["untrained"], args.quiet)
-    rows = result["rows"]
-    if args.plot:
-        from .bench import plot
+    print(f"{rows[0]['images']} images, {rows[0]['workers']} decode workers, best of {rows[0]['repeat']} "
+          "interleaved passes per model")
+    table = []
+    for r in rows:
+        st = r["stage_seconds"]
+        total = sum(st.values()) or 1.0
+        table.append([_short_name(r["model"]), str(r["threads"]), str(r["batch"]), f"{r['seconds']:.2f}",
+                      f"{r['images_per_s']:.1f}",
+                      *(f"{st[k]:.2f} ({st[k] / total:.0%})" for k in ("decode", "preprocess", "inference"))])
+    _print_table(table, ["model", "threads", "batch", "seconds", "img/s", "decode s", "preprocess s",
+                         "inference s"], right={1, 2, 3, 4, 5, 6, 7})
+    print("stage seconds are summed over the workers")
+    return 0
 
+
+def _bench_latency(args: argparse.Namespace) -> int:
+    from .bench import bench, p50_ratios, plot
+
+    with Bar("bench", args.quiet or args.json, unit="run") as bar:
+        result = bench(args.models, runs=args.runs, warmup=args.warmup, backend=args.backend,
+                       precision=args.precision, ort_defaults=args.ort_defaults,
+                       mode="interleaved" if args.interleaved else "blocked", block=args.block,
+                       optimize=not args.no_optimize, progress=bar, **_given(batches=args.batch, threads=args.threads))
+    _untrained_notice("bench", result["untrained"], args.quiet)
+    rows, env = result["rows"], result["env"]
+    if args.plot:
         plot(rows, args.plot)
     if args.json:
-        _print_json({"env": result["env"], "rows": [r.to_dict() for r in rows]})
+        _print_json({"env": env, "rows": [r.to_dict() for r in rows]})
         return 0
-    env = result["env"]
     print(f"{env['cpu']}, {env['cores']} cores, onnxruntime {env['onnxruntime']}, session: {env['ort_session']}")
     table = [[_short_name(r.model), r.backend + ("" if r.backend == "onnxruntime" else f" {r.precision}"),
               str(r.threads), str(r.batch), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
               f"{r.images_per_s:.0f}", f"{r.load_ms:.0f}", f"{r.rss_added_mb:.0f}"] for r in rows]
     _print_table(table, ["model", "backend", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
                          "load ms", "+RSS MB"], right={2, 3, 4, 5, 6, 7, 8, 9})
-    base = [r for r in rows if r.threads == rows[0].threads and r.batch == rows[0].batch]
-    if len(base) > 1:
-        print("ratios (p50, first config): " + ", ".join(
-            f"{_short_name(r.model)} {base[0].p50_ms / r.p50_ms:.2f}x" for r in base[1:]) + f" vs {_short_name(base[0].model)}")
+    ratios = p50_ratios(rows)
+    if ratios:
+        print("ratios (p50, first config): " + ", ".join(f"{_short_name(m)} {x:.2f}x" for m, x in ratios)
+              + f" vs {_short_name(rows[0].model)}")
     print(f"{rows[0].runs} runs per model and config after warm-up, {env['mode']}; "
           f"peak RSS {env['peak_rss_mb']:.0f} MB")
     return 0
@@ -857,31 +901,31 @@ def _short_name(model: str) -> str:
     return Path(model).name if "/" in model else model
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="latency/throughput of models, interleaved in one process",
-                       description="Loads every model, warms up, then times them in turn, in blocks of "
-                                   "consecutive runs per model (--interleaved: one run each, A B A B ...), "
-                                   "so ratios hold on a noisy machine. With --images: decode + preprocess + "
-                                   "inference end to end for each model and --batch size, passes interleaved.")
+def _args_bench(p: argparse.ArgumentParser) -> None:
+    p.description = ("Loads every model, warms up, then times them in turn, in blocks of consecutive runs "
+                     "per model (--interleaved: one run each, A B A B ...), so ratios hold on a noisy machine. "
+                     "With --images: decode + preprocess + inference end to end for each model and --batch "
+                     "size, passes interleaved.")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
-    p.add_argument("--batch", type=_int_list, help="comma list, e.g. 1,8 (default 1; 8 with --images)")
-    p.add_argument("--threads", type=_int_list, help="comma list, e.g. 1,2 (default 1)")
-    p.add_argument("--runs", type=_positive_int, default=200, help="timed runs per model and configuration")
-    p.add_argument("--warmup", type=int, default=20, help="untimed runs per model first")
-    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+    p.add_argument("--batch", type=_int_list,
+                   help=f"comma list, e.g. 1,8 (default 1; {BENCH_IMAGE_BATCHES[0]} with --images)")
+    p.add_argument("--threads", type=_int_list,
+                   help=f"comma list, e.g. 1,2 (default {','.join(map(str, BENCH_THREADS))})")
+    p.add_argument("--runs", type=_positive_int, default=BENCH_RUNS, help="timed runs per model and configuration")
+    p.add_argument("--warmup", type=int, default=BENCH_WARMUP, help="untimed runs per model first")
+    p.add_argument("--backend", choices=BENCH_BACKENDS, default=BENCH_BACKENDS[0],
                    help="inference engine (openvino needs the extra)")
-    p.add_argument("--precision", choices=["f32", "bf16"],
+    p.add_argument("--precision", choices=BENCH_PRECISIONS,
                    help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
     p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
-    p.add_argument("--block", type=_positive_int, default=40,
-                   help="consecutive runs of one model per round (default 40: weights stay in cache, "
-                        "as in deployment)")
+    p.add_argument("--block", type=_positive_int, default=BENCH_BLOCK,
+                   help="consecutive runs of one model per round (weights stay in cache, as in deployment)")
     p.add_argument("--interleaved", action="store_true",
                    help="one run of each model in turn instead of blocks (evicts each model's weights)")
     p.add_argument("--no-optimize", action="store_true",
                    help="run the graphs as given, without the runtime's exact load-time rewrites")
     p.add_argument("--images", help="measure end to end over this image folder")
-    p.add_argument("--workers", type=_positive_int, default=2, help="decode threads for --images")
+    p.add_argument("--workers", type=_positive_int, default=BENCH_IMAGE_WORKERS, help="decode threads for --images")
     p.add_argument("--limit", type=_positive_int, help="at most N images for --images")
     p.add_argument("--plot", help="PNG of the sorted latencies per configuration")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
@@ -906,34 +950,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP inference server: KServe v2 protocol, images in / labels out, "
-                                     "dynamic batching, metrics (needs the serve extra)",
-                       description="Serves until SIGTERM or Ctrl-C, finishing requests in flight. API and "
-                                   "limits: docs/serving.md.")
+def _args_serve(p: argparse.ArgumentParser) -> None:
+    s = SERVE_DEFAULTS
+    p.description = "Serves until SIGTERM or Ctrl-C, finishing requests in flight. API and limits: docs/serving.md."
     p.add_argument("--model", action="append", required=True,
                    help="a .onnx path, .tar.gz, zoo artifact, variant or VARIANT:random[:SEED], optionally "
                         "NAME=MODEL; repeat for several. URL name: NAME, else the file stem, else as given")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 takes a free one)")
-    p.add_argument("--max-batch", type=_positive_int, default=32, help="rows per model run (default 32)")
-    p.add_argument("--max-delay-ms", type=float, default=5.0,
-                   help="how long a batch's first request waits for more (default 5)")
-    p.add_argument("--max-body-mb", type=_positive_float, default=20.0, help="request body limit, 413 above (default 20)")
-    p.add_argument("--max-queue", type=_positive_int, default=256,
-                   help="rows waiting per model before 503 + Retry-After (default 256)")
-    p.add_argument("--timeout-ms", type=_positive_float, default=30000.0,
-                   help="request deadline, 504 after (default 30000; a request may ask for less)")
+    p.add_argument("--host", default=SERVE_HOST, help="address to listen on")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help="port; 0 takes a free one")
+    p.add_argument("--max-batch", type=_positive_int, default=s["max_batch"], help="rows per model run")
+    p.add_argument("--max-delay-ms", type=float, default=s["max_delay_ms"],
+                   help="how long a batch's first request waits for more")
+    p.add_argument("--max-body-mb", type=_positive_float, default=s["max_body_mb"], help="request body limit, 413 above")
+    p.add_argument("--max-queue", type=_positive_int, default=s["max_queue"],
+                   help="rows waiting per model before 503 + Retry-After")
+    p.add_argument("--timeout-ms", type=_positive_float, default=s["timeout_ms"],
+                   help="request deadline, 504 after; a request may ask for less")
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads per model "
                                                         "(default: ONNX Runtime's)")
     p.add_argument("-q", "--quiet", action="store_true", help="no ready line (errors still print)")
@@ -942,40 +974,49 @@ def _add_serve(sub) -> None:
 
 # --------------------------------------------------------------------------- main
 
-SUBCOMMANDS = [_add_list, _add_export, _add_validate, _add_classify, _add_evaluate, _add_fetch,
-               _add_demo_data, _add_train, _add_quantize, _add_zoo, _add_bench, _add_serve]
+
+class Command(NamedTuple):
+    help: str  # the one line `shufflenet --help` shows
+    add_arguments: Callable[[argparse.ArgumentParser], None]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="shufflenet",
-        description="ShuffleNet image classifiers: architectures, weights, ONNX export and runtime.",
-    )
+#: every subcommand, in the order `shufflenet --help` lists them
+COMMANDS: dict[str, Command] = {
+    "list": Command("list every architecture with params, MACs and published accuracy", _args_list),
+    "export": Command("write a variant as ONNX at any opset (optionally a zoo-style bundle)", _args_export),
+    "validate": Command("check a model against its test data as the zoo does", _args_validate),
+    "classify": Command("top-k classes for images, folders or globs", _args_classify),
+    "evaluate": Command("top-1/top-5 accuracy on a labelled folder", _args_evaluate),
+    "fetch": Command("download and verify published artifacts into the cache", _args_fetch),
+    "demo-data": Command("generate an offline ImageFolder dataset of drawn objects", _args_demo_data),
+    "train": Command("train or fine-tune on an ImageFolder (needs the torch extra)", _args_train),
+    "quantize": Command("int8 quantization (ONNX Runtime) tuned to keep accuracy", _args_quantize),
+    "zoo": Command("build the ONNX Model Zoo's ShuffleNet table from source", _args_zoo),
+    "bench": Command("latency/throughput of models, interleaved in one process", _args_bench),
+    "serve": Command("HTTP inference server: KServe v2 protocol, images in / labels out, dynamic batching, "
+                     "metrics (needs the serve extra)", _args_serve),
+}
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``shufflenet`` parser. Every command is listed with its one-line help; the arguments
+    are built for ``commands`` only (every command when None): a run builds just its own, and
+    ``shufflenet --help`` imports nothing heavy."""
+    parser = _Parser(prog="shufflenet",
+                     description="ShuffleNet image classifiers: architectures, weights, ONNX export and runtime.")
     parser.add_argument("--version", action="version", version=f"shufflenet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(sub)
-    _show_defaults(parser)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help)
+        if commands is None or name in commands:
+            command.add_arguments(p)
     return parser
 
 
-def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Every option's help shows its default (taken from the parser, so it cannot go stale)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _show_defaults(child)
-            continue
-        default = action.default
-        if (action.help and action.help != argparse.SUPPRESS and default not in (None, False, True, argparse.SUPPRESS)
-                and not action.option_strings == [] and "default" not in action.help.lower()):
-            action.help += f" (default {default})".replace("%", "%%")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:  # before the parser: no onnx/numpy/PIL
-        return print(f"shufflenet {__version__}") or 0
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)  # the top level has no valued options
+    parser = build_parser([chosen] if chosen else [])
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

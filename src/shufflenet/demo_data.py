@@ -37,14 +37,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ._io import atomic_write
 from .errors import ShuffleNetError
+from .options import DEMO_CLASSES as CLASSES, DEMO_DIFFICULTIES as DIFFICULTIES
 
 __all__ = ["CLASSES", "DemoDataError", "make_demo_data", "demo_image"]
-
-#: ordered so that the first few (what `--classes 3` takes) differ most; ring/circle, star/cross
-#: and arrow/triangle are the hard pairs further down
-CLASSES = ("circle", "stripes", "triangle", "checker", "square", "cross", "ring", "star", "arrow",
-           "crescent", "letter_e", "heart")
-
 
 class DemoDataError(ShuffleNetError, ValueError):
     pass
@@ -152,9 +147,6 @@ def _draw_object(draw: ImageDraw.ImageDraw, img: Image.Image, name: str, cx, cy,
     else:
         for poly in _shape_polygons(name, r):
             draw.polygon(_rot(poly, angle, cx, cy), fill=fill)
-
-
-DIFFICULTIES = ("easy", "normal", "hard")
 
 
 def _normal_image(cls: str, rng: np.random.Generator, size: int) -> Image.Image:

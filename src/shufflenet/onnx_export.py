@@ -24,13 +24,11 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import ShuffleNetError
 from .specs import INPUT_SIZES, Graph, Node, Preprocess, VariantSpec, get_spec
 from ._io import atomic_write
+from .options import DEFAULT_OPSET, MIN_OPSET
 from .weights import WeightSource, resolve_weights
 
 __all__ = ["RULES", "Rule", "form", "export_onnx", "save_model", "set_metadata", "scaled_recipe", "newest_opset",
            "MIN_OPSET", "DEFAULT_OPSET", "ExportError"]
-
-MIN_OPSET = 3  # the oldest the Model Zoo ships (shufflenet-3)
-DEFAULT_OPSET = 17  # widely supported by runtimes, and >= 13 so per-channel int8 QDQ is valid
 
 
 class ExportError(ShuffleNetError, ValueError):

@@ -22,14 +22,10 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .options import PAD_MULTIPLE
 from .specs import Graph, Node
 
 __all__ = ["absorb_shuffles", "pad_channels", "PAD_MULTIPLE"]
-
-#: ONNX Runtime's blocked (NCHWc) CPU kernels take a convolution only when its channel counts
-#: are multiples of 4, and lay channels out in blocks of 8 (AVX2) or 16 (AVX-512): padding to 16
-#: satisfies all three (docs/bench.md has the measurements).
-PAD_MULTIPLE = 16
 
 
 def _is_depthwise(n: Node) -> bool:

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from ._safeio import regular_file
 from .errors import ShuffleNetError
 from .limits import MAX_PIXELS, MAX_RESIZED_PIXELS
+from .options import RESIZE_MODES
 from .specs import Preprocess, get_spec
 
 __all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "to_rgb", "describe", "RESIZE_MODES",
@@ -38,7 +39,6 @@ __all__ = ["ImageError", "preprocess_image", "preprocess_pil", "load_image", "to
 #: "exact": torchvision's eval decoding; "photo": EXIF orientation + JPEG draft decoding
 DECODINGS = ("exact", "photo")
 
-RESIZE_MODES = ("shorter", "square")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 

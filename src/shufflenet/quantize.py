@@ -35,13 +35,12 @@ from ._safeio import dumps as strict_dumps
 from .errors import CheckFailedError, ShuffleNetError
 from ._io import atomic_write, image_files, one_line
 from ._onnx import consumers, fixed_batch, graph_inputs, model_opset, ort_session
+from .options import CALIB_METHODS, QUANTIZE_DEFAULTS, QUANTIZE_FORMATS as FORMATS
 from .runtime import Classifier, Runner, agreement, model_info, is_untrained, resolve_model
 
 __all__ = ["QuantizeError", "QuantizeOptions", "QuantReport", "quantize", "cpu_has_vnni"]
 
-FORMATS = ("qdq", "qoperator")
 MAX_FP32_FRACTION = 0.1  # the tuning loop keeps at most this share of activations in fp32
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 class QuantizeError(ShuffleNetError, ValueError):
@@ -50,13 +49,13 @@ class QuantizeError(ShuffleNetError, ValueError):
 
 @dataclass
 class QuantizeOptions:
-    format: str = "qdq"  # "qdq" (like shufflenet-v2-12-qdq) or "qoperator" (like -int8)
+    format: str = QUANTIZE_DEFAULTS["format"]  # "qdq" (like shufflenet-v2-12-qdq) or "qoperator" (like -int8)
     per_channel: bool = True  # per-output-channel weight scales: depthwise convs need them
-    calib_method: str = "minmax"
-    calib_count: int = 100  # images sampled (seeded) from the calibration folder
+    calib_method: str = QUANTIZE_DEFAULTS["calib_method"]
+    calib_count: int = QUANTIZE_DEFAULTS["calib_count"]  # images sampled (seeded) from the calibration folder
     max_loss: float | None = None  # percent, relative top-1 (INC's default criterion is 1%)
     min_agreement: float | None = None  # percent top-1 agreement with fp32 also required
-    seed: int = 0
+    seed: int = QUANTIZE_DEFAULTS["seed"]
     eval_count: int = 500  # at most this many images judge the criterion
     measure_latency: bool = True
     #: keep the stem (first convolution, its ReLU and max pooling) in fp32: ONNX Runtime's int8

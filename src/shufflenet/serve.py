@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import MissingDependencyError, ShuffleNetError
+from .options import SERVE_DEFAULTS
 
 if TYPE_CHECKING:  # the serve extra is imported only when an app is built
     from starlette.requests import Request
@@ -66,11 +67,11 @@ def _require_extra() -> None:
 
 @dataclass(frozen=True)
 class ServeOptions:
-    max_batch: int = 32            # rows per model run: V2 x1.0 at 32 rows is ~80 ms on one core
-    max_delay_ms: float = 5.0      # how long a batch's first request waits for company
-    max_body_mb: float = 20.0      # a 1080p PNG is ~6 MB, a 32-row FP32 tensor ~19 MB
-    max_queue: int = 256           # rows waiting per model before 503 (8 full batches)
-    timeout_ms: float = 30_000.0   # a request's deadline unless it asks for less (Triton's "timeout")
+    max_batch: int = SERVE_DEFAULTS["max_batch"]  # rows per model run
+    max_delay_ms: float = SERVE_DEFAULTS["max_delay_ms"]  # how long a batch's first request waits for company
+    max_body_mb: float = SERVE_DEFAULTS["max_body_mb"]  # request body limit (413 above)
+    max_queue: int = SERVE_DEFAULTS["max_queue"]  # rows waiting per model before 503
+    timeout_ms: float = SERVE_DEFAULTS["timeout_ms"]  # a request's deadline unless it asks for less (Triton's)
     threads: int | None = None     # ONNX Runtime intra-op threads per model (None: its default)
     decode_workers: int | None = None  # image decode / tensor parse pool (None: one per core)
     #: after the shorter side goes to 256: refuses extreme panoramas (64:1 and beyond)

@@ -28,6 +28,7 @@ from ._io import atomic_write, class_folders, image_files, import_torch, one_lin
 from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
+from .options import TRAIN_DEFAULTS
 from .specs import INPUT_SIZES, Preprocess, get_spec
 from .weights import init_weights, resolve_weights, save_weights, weights_digest
 
@@ -44,33 +45,33 @@ class TrainError(ShuffleNetError, ValueError):
 @dataclass
 class TrainConfig:
     data: str
-    variant: str = "shufflenet_v2_x0_5"
+    variant: str = TRAIN_DEFAULTS["variant"]
     out: str = "run"
     pretrained: str | None = None  # "torchvision", a weights path, or None for random init
-    epochs: int = 20  # the default demo set reaches ~90% by epoch 15 and settles by 20
-    batch_size: int = 64
+    epochs: int = TRAIN_DEFAULTS["epochs"]
+    batch_size: int = TRAIN_DEFAULTS["batch_size"]
     # train crop; eval resizes to img_size / 0.875 then centre-crops. None: 224, or the images'
     # shorter side when smaller (rounded down to a multiple of 8): small images are not upscaled
     img_size: int | None = None
-    optimizer: str = "sgd"  # SGD (momentum 0.9, nesterov) as the ShuffleNet papers; or "adamw"
+    optimizer: str = TRAIN_DEFAULTS["optimizer"]  # "sgd" (momentum 0.9, nesterov) or "adamw"
     # default lr: SGD 0.1 from scratch / 0.01 fine-tuning; AdamW 3e-3 / 3e-4. Measured on the
     # demo data (batch 64): SGD 0.1 reached 89% in 15 epochs where AdamW 3e-3 reached 76% and
     # SGD 0.2 diverged in its second epoch
     lr: float | None = None
     weight_decay: float | None = None  # default: 4e-5 for SGD (the papers'), 0.05 for AdamW
-    warmup_epochs: float = 2.0  # linear warm-up, then cosine to zero
-    label_smoothing: float = 0.1
-    grad_clip: float | None = 5.0  # max global grad norm; None disables
+    warmup_epochs: float = TRAIN_DEFAULTS["warmup_epochs"]  # linear warm-up, then cosine to zero
+    label_smoothing: float = TRAIN_DEFAULTS["label_smoothing"]
+    grad_clip: float | None = TRAIN_DEFAULTS["grad_clip"]  # max global grad norm; None disables
     # evaluation and best.safetensors use an EMA of the weights (and BN statistics): without it
     # BN statistics lag the fast-moving weights of warm-up and validation loss spikes (to ~55 on
     # the demo set in epochs 1-2); with 0.99 the curve is smooth and the final accuracy the same
-    ema: float | None = 0.99
-    freeze_backbone_epochs: int = 0  # train only the new head first (transfer learning)
-    amp: str = "off"  # "bf16" autocast on CPU, or "auto" (bf16 where the CPU has it)
-    workers: int = 0  # DataLoader worker processes
-    seed: int = 0
-    val_fraction: float = 0.2  # used only when DATA has no train/ and val/ folders
-    min_scale: float = 0.25  # RandomResizedCrop scale range lower bound
+    ema: float | None = TRAIN_DEFAULTS["ema"]
+    freeze_backbone_epochs: int = TRAIN_DEFAULTS["freeze_backbone_epochs"]  # train only the new head first (transfer learning)
+    amp: str = TRAIN_DEFAULTS["amp"]  # "bf16" autocast on CPU, or "auto" (bf16 where the CPU has it)
+    workers: int = TRAIN_DEFAULTS["workers"]  # DataLoader worker processes
+    seed: int = TRAIN_DEFAULTS["seed"]
+    val_fraction: float = TRAIN_DEFAULTS["val_fraction"]  # used only when DATA has no train/ and val/ folders
+    min_scale: float = TRAIN_DEFAULTS["min_scale"]  # RandomResizedCrop scale range lower bound
     threads: int | None = None  # torch intra-op threads
 
     @classmethod
