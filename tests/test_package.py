@@ -95,7 +95,7 @@ def test_options_are_plain_python():
 
 
 def test_classify_threads_policy():
-    from shufflenet.options import classify_threads
+    from shufflenet.runtime import classify_threads
 
     assert classify_threads(3, files=100, batch_size=16) == 3  # asked for: kept
     assert classify_threads(None, files=100, batch_size=16) == 1  # many files: one-thread sessions, every core busy

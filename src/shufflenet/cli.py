@@ -23,7 +23,7 @@ from .options import (
     BENCH_THREADS, BENCH_WARMUP, CALIB_METHODS, CLASSIFY_BATCH_SIZE, CLASSIFY_TOP, DEFAULT_MODEL, DEFAULT_OPSET,
     DEMO_CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES, ENGINES, EXPORT_VIAS, MIN_OPSET, OPTIMIZERS, PAD_MULTIPLE,
     QUANTIZE_DEFAULTS, QUANTIZE_FORMATS, RESIZE_MODES, SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT, TRAIN_DEFAULTS,
-    classify_threads,
+    ZOO_WEIGHTS,
 )
 
 
@@ -283,7 +283,7 @@ def _check_engine(args: argparse.Namespace, ray_only: Sequence[str]) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from .runtime import Classifier, expand_inputs, run_files
+    from .runtime import Classifier, classify_threads, expand_inputs, run_files
 
     _check_engine(args, ("address", "workers", "output"))
     if args.engine == "ray":
@@ -821,7 +821,7 @@ def _args_zoo(p: argparse.ArgumentParser) -> None:
     b.add_argument("-o", "--out", required=True, help="the folder to build into (must be new or empty)")
     b.add_argument("--force", action="store_true",
                    help="replace a non-empty --out folder as a whole (swapped in when the build is done)")
-    b.add_argument("--weights", default="random:0", help=WEIGHTS_HELP)
+    b.add_argument("--weights", default=ZOO_WEIGHTS, help=WEIGHTS_HELP)
     b.add_argument("--variants", default="zoo", help="zoo (the seed table), all (+ every variant, with int8), "
                                                      "or a comma list of variants")
     b.add_argument("--calib", help="calibration images for the int8 models (default: 100 generated images)")

@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ._io import atomic_write
 from .errors import ShuffleNetError
-from .options import DEMO_CLASSES as CLASSES, DEMO_DIFFICULTIES as DIFFICULTIES
+from .options import DEMO_CLASSES as CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES as DIFFICULTIES
 
 __all__ = ["CLASSES", "DemoDataError", "make_demo_data", "demo_image"]
 
@@ -218,8 +218,10 @@ def demo_image(cls: str, seed: int, size: int = 224, difficulty: str = "normal")
     return Image.open(buf).convert("RGB")
 
 
-def make_demo_data(out: str | os.PathLike, *, classes: int = 10, per_class: int = 500, size: int = 64,
-                   seed: int = 0, val_fraction: float = 0.2, difficulty: str = "normal") -> dict:
+def make_demo_data(out: str | os.PathLike, *, classes: int = DEMO_DEFAULTS["classes"],
+                   per_class: int = DEMO_DEFAULTS["per_class"], size: int = DEMO_DEFAULTS["size"],
+                   seed: int = DEMO_DEFAULTS["seed"], val_fraction: float = 0.2,
+                   difficulty: str = DEMO_DEFAULTS["difficulty"]) -> dict:
     """Write ``out/train/<class>/*.jpg`` and ``out/val/<class>/*.jpg`` (+ ``classes.txt``)."""
     if not 2 <= classes <= len(CLASSES):
         raise DemoDataError(f"classes must be from 2 to {len(CLASSES)}, got {classes}")

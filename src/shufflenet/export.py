@@ -25,20 +25,20 @@ from .onnx_export import ExportError, export_onnx, save_model, scaled_recipe, se
 from .optimize import PAD_MULTIPLE
 from .preprocess import preprocess_pil
 from .runtime import Runner, model_info
+from .options import DEFAULT_OPSET, EXPORT_VIAS
 from .specs import VariantSpec, get_spec
 from .synthetic import synthetic_images
 
 __all__ = ["export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs", "VIA"]
 
-#: how a model is written: from the description (any opset, no torch), or torch.onnx.export + cleaning
-VIA = ("emitter", "torch")
+VIA = EXPORT_VIAS  # how a model is written (options.EXPORT_VIAS)
 
 #: ops of quantized graphs: no independent rendering agrees with them to the zoo's tolerance
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
 
 
 def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, tar: bool = False,
-              name: str | None = None, via: str = "emitter", faithful: bool = False,
+              name: str | None = None, via: str = EXPORT_VIAS[0], faithful: bool = False,
               pad_channels: int | None = None, absorb_shuffle: bool = False, **export_kwargs) -> dict:
     """What ``shufflenet export`` does: a .onnx at ``output``, or with ``test_data`` a bundle
     folder ``<output>/<name>/`` (and ``<output>/<name>.tar.gz`` with ``tar``). Returns a summary.
@@ -94,7 +94,7 @@ def _summary(variant: str, model: onnx.ModelProto, paths: dict) -> dict:
     }
 
 
-def export_variant_via_torch(variant: str, *, weights=None, opset: int = 17, batch: int | None = None,
+def export_variant_via_torch(variant: str, *, weights=None, opset: int = DEFAULT_OPSET, batch: int | None = None,
                              keep_batchnorm: bool = False, input_name: str | None = None,
                              output_name: str | None = None, num_classes: int | None = None,
                              seed: int | None = None, labels=None, input_size: int | None = None,

@@ -3,8 +3,7 @@
 Plain Python that imports nothing (no numpy, onnx or Pillow): the library modules take their
 constants and dataclass defaults from here, and the CLI builds its choices and help text from the
 same values without loading those modules, so ``shufflenet --help`` stays fast and a default
-shown in help cannot drift from the one the library applies. A default that depends on the
-request (classify's thread count) is a small pure function here, beside the constants.
+shown in help cannot drift from the one the library applies.
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ from types import MappingProxyType
 
 __all__ = [
     "MIN_OPSET", "DEFAULT_OPSET", "EXPORT_VIAS", "PAD_MULTIPLE",
-    "RESIZE_MODES", "ENGINES", "DEFAULT_MODEL", "CLASSIFY_TOP", "CLASSIFY_BATCH_SIZE", "classify_threads",
+    "RESIZE_MODES", "ENGINES", "DEFAULT_MODEL", "CLASSIFY_TOP", "CLASSIFY_BATCH_SIZE",
     "QUANTIZE_FORMATS", "CALIB_METHODS", "QUANTIZE_DEFAULTS",
     "OPTIMIZERS", "AMP_MODES", "TRAIN_DEFAULTS",
     "BENCH_BACKENDS", "BENCH_PRECISIONS", "BENCH_MODES", "BENCH_BLOCK", "BENCH_THREADS", "BENCH_BATCHES",
     "BENCH_IMAGE_BATCHES", "BENCH_RUNS", "BENCH_WARMUP", "BENCH_IMAGE_WORKERS",
     "DEMO_CLASSES", "DEMO_DIFFICULTIES", "DEMO_DEFAULTS",
-    "SERVE_HOST", "SERVE_PORT", "SERVE_DEFAULTS",
+    "ZOO_WEIGHTS", "SERVE_HOST", "SERVE_PORT", "SERVE_DEFAULTS",
 ]
 
 # --------------------------------------------------------------------------- export
@@ -41,14 +40,6 @@ DEFAULT_MODEL = "shufflenet_v2_x1_0"
 CLASSIFY_TOP = 5
 CLASSIFY_BATCH_SIZE = 16
 
-
-def classify_threads(threads: int | None, files: int, batch_size: int) -> int | None:
-    """ONNX Runtime intra-op threads for classifying ``files`` images: ``threads`` when given;
-    else one per session when there are more files than one batch (every core then decodes and
-    runs its own chunks, see ``runtime.run_files``), else ONNX Runtime's default (None)."""
-    if threads:
-        return threads
-    return 1 if files > batch_size else None
 
 
 # --------------------------------------------------------------------------- quantize
@@ -109,6 +100,11 @@ DEMO_CLASSES = ("circle", "stripes", "triangle", "checker", "square", "cross", "
 DEMO_DIFFICULTIES = ("easy", "normal", "hard")
 DEMO_DEFAULTS = MappingProxyType({"classes": 10, "per_class": 500, "size": 64, "seed": 0,
                                   "difficulty": "normal"})
+
+# --------------------------------------------------------------------------- zoo build
+
+#: seeded random weights: offline, and every build byte for byte the same
+ZOO_WEIGHTS = "random:0"
 
 # --------------------------------------------------------------------------- serve
 

@@ -22,8 +22,10 @@ from .errors import ShuffleNetError
 from ._io import IMAGE_SUFFIXES, image_files, one_line  # noqa: F401  (IMAGE_SUFFIXES: old import path)
 from ._onnx import fixed_batch, input_names, model_opset, ort_session
 from .onnx_legacy import LegacyUpgradeError, upgrade_to_opset7
+from .options import CLASSIFY_BATCH_SIZE, CLASSIFY_TOP
 
-__all__ = ["ModelRunError", "RuntimeError_", "model_info", "Runner", "Classifier", "Prediction", "resolve_model", "is_untrained", "agreement"]
+__all__ = ["ModelRunError", "RuntimeError_", "model_info", "Runner", "Classifier", "Prediction", "resolve_model", "is_untrained", "agreement",
+           "classify_threads", "run_files", "expand_inputs"]
 
 
 class ModelRunError(ShuffleNetError, RuntimeError):
@@ -376,7 +378,17 @@ class FileResult:
 PREFETCH_CHUNKS = 3
 
 
-def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = 5, batch_size: int = 16,
+def classify_threads(threads: int | None, files: int, batch_size: int) -> int | None:
+    """ONNX Runtime intra-op threads for classifying ``files`` images: ``threads`` when given;
+    else one per session when there are more files than one batch (every core then decodes and
+    runs its own chunks, see :func:`run_files`), else ONNX Runtime's default (None)."""
+    if threads:
+        return threads
+    return 1 if files > batch_size else None
+
+
+def run_files(clf: Classifier, paths: Sequence[Path], *, top: int = CLASSIFY_TOP,
+              batch_size: int = CLASSIFY_BATCH_SIZE,
               workers: int | None = None, progress=None, keep_outputs: bool = False,
               timings: dict[str, float] | None = None):
     """Yield one FileResult per path, in order; decoding overlaps inference on a thread pool

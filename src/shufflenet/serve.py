@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import MissingDependencyError, ShuffleNetError
-from .options import SERVE_DEFAULTS
+from .options import SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT
 
 if TYPE_CHECKING:  # the serve extra is imported only when an app is built
     from starlette.requests import Request
@@ -866,7 +866,7 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
 # --------------------------------------------------------------------------- running it
 
 
-def run(app, *, host: str = "127.0.0.1", port: int = 8000, on_listening: Callable[[str, int], None] | None = None,
+def run(app, *, host: str = SERVE_HOST, port: int = SERVE_PORT, on_listening: Callable[[str, int], None] | None = None,
         graceful_timeout_s: float | None = None, access_log: bool = False) -> None:
     """Serve ``app`` with uvicorn until SIGTERM or SIGINT; requests in flight are finished first.
 

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import SpecError, UnknownVariantError
+from .options import RESIZE_MODES
 
 __all__ = [
     "Node",
@@ -473,7 +474,7 @@ class Preprocess:
     scale: float = 255.0
 
     def __post_init__(self) -> None:  # recipes also come from model files: check every field
-        if not (self._sizes_ok() and self._numbers_ok() and self.resize_mode in ("shorter", "square")
+        if not (self._sizes_ok() and self._numbers_ok() and self.resize_mode in RESIZE_MODES
                 and self.interpolation in ("bilinear", "bicubic") and self.channel_order in ("RGB", "BGR")):
             raise SpecError(f"invalid preprocessing recipe: {self}")
 

@@ -28,7 +28,7 @@ from ._io import atomic_write, class_folders, image_files, import_torch, one_lin
 from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
-from .options import TRAIN_DEFAULTS
+from .options import AMP_MODES, OPTIMIZERS, TRAIN_DEFAULTS
 from .specs import INPUT_SIZES, Preprocess, get_spec
 from .weights import init_weights, resolve_weights, save_weights, weights_digest
 
@@ -315,8 +315,8 @@ def _amp_dtype(mode: str):
 
     if mode == "off":
         return None
-    if mode not in ("bf16", "auto"):
-        raise TrainError(f"amp must be off, bf16 or auto, got {mode!r}")
+    if mode not in AMP_MODES:
+        raise TrainError(f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {mode!r}")
     supported = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AVX512_BF16", "AMX")
     if mode == "bf16" or supported:
         return torch.bfloat16
@@ -379,8 +379,8 @@ def _check_config(cfg: TrainConfig) -> None:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int)
                              or not _MIN_IMG_SIZE <= size <= _MAX_IMG_SIZE):
         raise TrainError(f"img_size must be from {_MIN_IMG_SIZE} to {_MAX_IMG_SIZE}, got {size!r}")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise TrainError(f"optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise TrainError(f"optimizer must be {' or '.join(sorted(OPTIMIZERS))}, got {cfg.optimizer!r}")
 
 
 class _Run:

@@ -35,6 +35,7 @@ from .errors import ShuffleNetError
 from .export import export_bundle
 from .onnx_export import DEFAULT_OPSET, export_onnx, save_model
 from .quantize import QuantizeOptions, quantize
+from .options import ZOO_WEIGHTS
 from .specs import get_spec, list_variants
 from .validate import validate
 
@@ -160,7 +161,7 @@ def _synthetic_calibration(folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
-def build(out: str | os.PathLike, *, weights: str = "random:0", variants: str | list[str] = "zoo",
+def build(out: str | os.PathLike, *, weights: str = ZOO_WEIGHTS, variants: str | list[str] = "zoo",
           calib: str | os.PathLike | None = None, eval_data: str | os.PathLike | None = None,
           test_data: int = 3, batch: int | None = None, progress=None,
           label_file: str | os.PathLike | None = None, force: bool = False) -> dict:
