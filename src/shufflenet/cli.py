@@ -213,12 +213,11 @@ def _args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="bundle name (default: <variant>-<opset>)")
     p.add_argument("--absorb-shuffle", action="store_true",
                    help="V2: absorb the channel shuffles into weight permutations (no Reshape/Transpose; "
-                        "1.14x/1.40x faster on OpenVINO f32/bf16 here, no change on ONNX Runtime)")
+                        "helps OpenVINO, not ONNX Runtime: docs/bench.md)")
     p.add_argument("--pad-channels", type=_positive_int, nargs="?", const=PAD_MULTIPLE, metavar="N",
                    help=f"pad branch interiors and the stem with zero channels to a multiple of N "
                         f"(default: on, N={PAD_MULTIPLE}, unless --faithful) "
-                        "so ONNX Runtime's blocked CPU kernels apply: same outputs, V2 x1.0 1.16x faster "
-                        "on ONNX Runtime here (docs/bench.md)")
+                        "so ONNX Runtime's blocked CPU kernels apply: same outputs, faster (docs/bench.md)")
     p.add_argument("--faithful", action="store_true",
                    help="write the plain graph, channel for channel as the architecture is described "
                         "(default: the fastest exact graph, i.e. channel padding; the same outputs)")
@@ -770,7 +769,7 @@ def _args_quantize(p: argparse.ArgumentParser) -> None:
                    help="activation range calibration tried first (tuning tries the others)")
     p.add_argument("--int8-stem", dest="fp32_stem", action="store_false",
                    help="quantize the stem too (default: first conv, ReLU and max pooling stay fp32, "
-                        "which ONNX Runtime runs 1.17x faster overall here)")
+                        "which ONNX Runtime runs faster overall: docs/quantization.md)")
     p.add_argument("--calib-count", type=_positive_int, default=q["calib_count"],
                    help="images sampled for calibration")
     p.add_argument("--max-loss", help="allowed relative top-1 loss in percent, e.g. 1%% (INC's default)")
