@@ -132,8 +132,7 @@ def inside(args: argparse.Namespace) -> dict:
     import ray
 
     from shufflenet.onnx_export import save_model
-    from shufflenet._io import IMAGE_SUFFIXES
-    from shufflenet.runtime import resolve_model
+    from shufflenet.runtime import IMAGE_SUFFIXES, resolve_model
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     try:

@@ -248,12 +248,20 @@ def test_export_to_decides_the_padded_default_and_refuses_conflicts(tmp_path, ca
                                        "drop --pad-channels/--absorb-shuffle\n")
 
 
-def test_writing_functions_keep_their_old_import_path():
+def test_writing_functions_keep_their_old_import_path(tmp_path):
     import shufflenet.export as export
     import shufflenet.validate as validate
 
-    for name in ("export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs"):
+    for name in ("export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs"):
         with pytest.warns(DeprecationWarning, match=f"shufflenet.export.{name}"):
             assert getattr(validate, name) is getattr(export, name)
     with pytest.raises(AttributeError):
         validate.no_such_name  # noqa: B018
+    # the old export_to wrote the plain graph unless asked for a rewrite: so does its old path
+    with pytest.warns(DeprecationWarning, match="shufflenet.export.export_to"):
+        old_export_to = validate.export_to
+    old_export_to("shufflenet_v2_x0_5", tmp_path / "old.onnx")
+    old_export_to("shufflenet_v2_x0_5", tmp_path / "old-padded.onnx", pad_channels=8)
+    padding = {p.key: p.value for p in onnx.load(tmp_path / "old-padded.onnx").metadata_props}.get("channel_padding")
+    assert padding == "8"
+    assert "channel_padding" not in {p.key for p in onnx.load(tmp_path / "old.onnx").metadata_props}

@@ -16,12 +16,13 @@ from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple
 
 from . import __version__
+from ._io import one_line
 from ._progress import Bar
 from .errors import ShuffleNetError
 from .options import (
     AMP_MODES, BENCH_BACKENDS, BENCH_BLOCK, BENCH_IMAGE_BATCHES, BENCH_IMAGE_WORKERS, BENCH_PRECISIONS, BENCH_RUNS,
     BENCH_THREADS, BENCH_WARMUP, CALIB_METHODS, CLASSIFY_BATCH_SIZE, CLASSIFY_TOP, DEFAULT_MODEL, DEFAULT_OPSET,
-    DEMO_CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES, ENGINES, EXPORT_VIAS, MIN_OPSET, OPTIMIZERS, PAD_MULTIPLE,
+    DEMO_CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES, ENGINES, EXPORT_VIAS, INPUT_SIZES, MIN_OPSET, OPTIMIZERS, PAD_MULTIPLE,
     QUANTIZE_DEFAULTS, QUANTIZE_FORMATS, RESIZE_MODES, SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT, TRAIN_DEFAULTS,
     ZOO_WEIGHTS,
 )
@@ -660,7 +661,7 @@ def _args_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, help=f"(default {t['epochs']})")
     p.add_argument("--batch-size", type=_positive_int, help=f"(default {t['batch_size']})")
     p.add_argument("--img-size", type=_positive_int,
-                   help="train crop size, 32..1024 (default 224, or the images' shorter side when smaller)")
+                   help=f"train crop size, {INPUT_SIZES[0]}..{INPUT_SIZES[1]} (default 224, or the images' shorter side when smaller)")
     p.add_argument("--optimizer", choices=OPTIMIZERS,
                    help=f"sgd: momentum 0.9, nesterov; adamw (default {t['optimizer']})")
     p.add_argument("--lr", type=float,
@@ -769,7 +770,7 @@ def _args_quantize(p: argparse.ArgumentParser) -> None:
                    help="activation range calibration tried first (tuning tries the others)")
     p.add_argument("--int8-stem", dest="fp32_stem", action="store_false",
                    help="quantize the stem too (default: first conv, ReLU and max pooling stay fp32, "
-                        "which ONNX Runtime runs faster overall: docs/quantization.md)")
+                        "usually faster overall on ONNX Runtime: docs/quantization.md)")
     p.add_argument("--calib-count", type=_positive_int, default=q["calib_count"],
                    help="images sampled for calibration")
     p.add_argument("--max-loss", help="allowed relative top-1 loss in percent, e.g. 1%% (INC's default)")
@@ -1014,6 +1015,9 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # an answer, not a parse: returns like every command
+        print(f"shufflenet {__version__}")
+        return 0
     chosen = next((a for a in argv if not a.startswith("-")), None)  # the top level has no valued options
     parser = build_parser([chosen] if chosen else [])
     args = parser.parse_args(argv)
@@ -1023,8 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ShuffleNetError as e:
-        one_line = _shown(" ".join(str(e).split()))  # errors are one line, whatever the library wrapped
-        print(f"shufflenet {args.command}: error: {one_line}", file=sys.stderr)
+        print(f"shufflenet {args.command}: error: {_shown(one_line(e))}", file=sys.stderr)  # one line, whatever was wrapped
         return e.exit_code
     except KeyboardInterrupt:
         print(f"shufflenet {args.command}: interrupted", file=sys.stderr)

@@ -29,8 +29,6 @@ import onnx
 from onnx import numpy_helper
 
 from ._onnx import consumers
-from .optimize import PAD_MULTIPLE
-
 from .options import PAD_MULTIPLE
 
 __all__ = ["optimize_for_inference", "PAD_MULTIPLE", "OPTIMIZED_KEY"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 __all__ = [
-    "MIN_OPSET", "DEFAULT_OPSET", "EXPORT_VIAS", "PAD_MULTIPLE",
+    "MIN_OPSET", "DEFAULT_OPSET", "INPUT_SIZES", "EXPORT_VIAS", "PAD_MULTIPLE",
     "RESIZE_MODES", "ENGINES", "DEFAULT_MODEL", "CLASSIFY_TOP", "CLASSIFY_BATCH_SIZE",
     "QUANTIZE_FORMATS", "CALIB_METHODS", "QUANTIZE_DEFAULTS",
     "OPTIMIZERS", "AMP_MODES", "TRAIN_DEFAULTS",
@@ -31,6 +31,10 @@ EXPORT_VIAS = ("emitter", "torch")
 #: are multiples of 4, and lay channels out in blocks of 8 (AVX2) or 16 (AVX-512): padding to 16
 #: satisfies all three (docs/bench.md has the measurements).
 PAD_MULTIPLE = 16
+
+#: square input sizes every variant is built, exported and trained at (five stride-2 stages: 32
+#: is the smallest that leaves a 1x1 map; 1024 bounds activation memory)
+INPUT_SIZES = (32, 1024)
 
 # --------------------------------------------------------------------------- classify / evaluate
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._io import IMAGE_SUFFIXES, atomic_write, one_line
 from .errors import MissingDependencyError, ShuffleNetError
+from .options import CLASSIFY_BATCH_SIZE, CLASSIFY_TOP
 
 __all__ = ["RayEngineError", "list_sources", "predict_dataset", "classify", "evaluate",
            "RayClassifyReport", "OUTPUT_FORMATS", "connect"]
@@ -304,7 +305,7 @@ def _pool(ray, workers: int | None, threads: int, *, share: bool = False):
     return ray.data.ActorPoolStrategy(min_size=fits, max_size=workers), fits
 
 
-def predict_dataset(source, model, *, top: int = 5, batch_size: int = 16, workers: int | None = None,
+def predict_dataset(source, model, *, top: int = CLASSIFY_TOP, batch_size: int = CLASSIFY_BATCH_SIZE, workers: int | None = None,
                     threads: int = 1, labels=None, resize: str | None = None, exact: bool = False,
                     stage_times: bool = False):
     """The Ray Dataset of predictions (lazy: nothing runs until it is consumed).
@@ -462,7 +463,7 @@ def _run(ds, total: int, progress, consume) -> int:
 
 
 def classify(sources: Sequence[str], model, output, *, address: str | None = None,
-             workers: int | None = None, threads: int = 1, top: int = 5, batch_size: int = 16,
+             workers: int | None = None, threads: int = 1, top: int = CLASSIFY_TOP, batch_size: int = CLASSIFY_BATCH_SIZE,
              labels=None, resize: str | None = None, exact: bool = False, num_cpus: int | None = None,
              stage_times: bool = False, progress: Callable[[int, int], None] | None = None) -> RayClassifyReport:
     """Classify every image of ``sources`` on Ray and write one row per input to ``output``
@@ -628,7 +629,7 @@ def evaluate(model, data, *, label_file=None, limit: int | None = None, address:
             hit5 += label in top
 
     with connect(address, num_cpus=num_cpus) as ray:
-        ds = _dataset(ray, [{"path": str(s.path), "label": s.label} for s in samples], proto, clf, top=5,
+        ds = _dataset(ray, [{"path": str(s.path), "label": s.label} for s in samples], proto, clf, top=CLASSIFY_TOP,
                       batch_size=batch_size, workers=workers, threads=threads, stage_times=False)
         start = time.perf_counter()
         done = _run(ds, len(samples), progress, consume)

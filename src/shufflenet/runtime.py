@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .errors import ShuffleNetError
-from ._io import IMAGE_SUFFIXES, image_files, one_line  # noqa: F401  (IMAGE_SUFFIXES: old import path)
+from ._io import IMAGE_SUFFIXES, image_files, one_line  # noqa: F401  (IMAGE_SUFFIXES: public here)
 from ._onnx import fixed_batch, input_names, model_opset, ort_session
 from .onnx_legacy import LegacyUpgradeError, upgrade_to_opset7
 from .options import CLASSIFY_BATCH_SIZE, CLASSIFY_TOP
@@ -303,7 +303,7 @@ class Classifier:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[Prediction(int(i), self.label(int(i)), float(p[i])) for i in row] for p, row in zip(probs, order)]
 
-    def predict(self, images, *, top: int = 5):
+    def predict(self, images, *, top: int = CLASSIFY_TOP):
         """Top-k for one image (returns a list of Prediction) or a list of images (list of lists)."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)

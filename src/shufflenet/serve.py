@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import MissingDependencyError, ShuffleNetError
-from .options import SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT
+from .options import CLASSIFY_TOP, SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT
 
 if TYPE_CHECKING:  # the serve extra is imported only when an app is built
     from starlette.requests import Request
@@ -77,7 +77,7 @@ class ServeOptions:
     #: after the shorter side goes to 256: refuses extreme panoramas (64:1 and beyond)
     max_resized_pixels: int = 64 * 256 * 256
     retry_after_s: int = 1         # Retry-After on 503
-    top: int = 5                   # default ?top= on /v1/.../classify
+    top: int = CLASSIFY_TOP        # default ?top= on /v1/.../classify
 
     def __post_init__(self) -> None:
         checks = {"max_batch": self.max_batch >= 1, "max_delay_ms": self.max_delay_ms >= 0,
@@ -912,7 +912,7 @@ def run(app, *, host: str = SERVE_HOST, port: int = SERVE_PORT, on_listening: Ca
         sock.close()
 
 
-def serve(models: Sequence, *, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None,
+def serve(models: Sequence, *, host: str = SERVE_HOST, port: int = SERVE_PORT, options: ServeOptions | None = None,
           on_ready: Callable[[str, list[str]], None] | None = None) -> None:
     """Load ``models`` (``--model`` values), then serve them until SIGTERM/SIGINT.
     ``on_ready(url, names)`` is called once every model is loaded and warmed."""

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import SpecError, UnknownVariantError
-from .options import RESIZE_MODES
+from .options import INPUT_SIZES, RESIZE_MODES  # noqa: F401  (INPUT_SIZES: an architecture fact)
 
 __all__ = [
     "Node",
@@ -273,9 +273,6 @@ V2_WIDTHS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     }
 )
 STAGE_REPEATS = (4, 8, 4)  # V1 and V2 alike
-#: square input sizes every variant is built, exported and trained at (five stride-2 stages: 32
-#: is the smallest that leaves a 1x1 map; 1024 bounds activation memory)
-INPUT_SIZES = (32, 1024)
 
 
 def shufflenet_v2_graph(widths: tuple[int, ...], num_classes: int = 1000) -> Graph:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._io import import_torch
 from .errors import SpecError, WeightsError
+from .options import DEFAULT_OPSET
 from .specs import BN_MOMENTUM, Graph, get_spec
 from .weights import WeightSource, conform, resolve_weights
 
@@ -149,7 +150,7 @@ def build_model(name: str, *, weights=None, num_classes: int | None = None,
     return model.eval()
 
 
-def export_via_torch(model: nn.Module, *, opset: int = 17, batch: int | None = None,
+def export_via_torch(model: nn.Module, *, opset: int = DEFAULT_OPSET, batch: int | None = None,
                      input_name: str = "input", output_name: str = "output", size: int = 224):
     """``torch.onnx.export`` (TorchScript exporter) of any module, dynamic batch unless ``batch``.
 

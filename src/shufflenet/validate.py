@@ -153,6 +153,16 @@ def _check_set(runner: Runner, ts: TestSet) -> list[SetResult]:
 _MOVED_TO_EXPORT = ("export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs")
 
 
+def _faithful_export_to(*args, **kwargs):
+    """``export_to`` as it was here: the plain graph unless a rewrite is asked for (the
+    library's own default is now the fastest exact graph, as the CLI's)."""
+    from .export import export_to
+
+    if not kwargs.get("pad_channels") and not kwargs.get("absorb_shuffle"):
+        kwargs.setdefault("faithful", True)
+    return export_to(*args, **kwargs)
+
+
 def __getattr__(name: str):
     """The writing functions under their old import path, with a DeprecationWarning."""
     if name in _MOVED_TO_EXPORT:
@@ -162,5 +172,5 @@ def __getattr__(name: str):
 
         warnings.warn(f"shufflenet.validate.{name} is deprecated; use shufflenet.export.{name}",
                       DeprecationWarning, stacklevel=2)
-        return getattr(export, name)
+        return _faithful_export_to if name == "export_to" else getattr(export, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
