@@ -338,7 +338,7 @@ class _Transfer:
                 self._stream(resp, have, self._announced_total(resp, have))
             got = self.part.stat().st_size
         if self.size is not None and got != self.size:
-            raise DownloadConnectionError(f"{self.url}: connection ended at {got} of {self.size} bytes", self.url)
+            raise DownloadConnectionError(f"connection ended at {got} of {self.size} bytes", self.url)
 
     def _resumable_bytes(self) -> int:
         """The length of ``part`` to resume from (0: start over; more than the size is damage)."""
@@ -363,7 +363,7 @@ class _Transfer:
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
         if total is not None and total > self.cap:
-            raise DownloadTooLargeError(f"{self.url}: {total:,} bytes, more than the limit of {self.cap:,} for an "
+            raise DownloadTooLargeError(f"{total:,} bytes, more than the limit of {self.cap:,} for an "
                                         "artifact without a published size", self.url)
         return total
 
@@ -385,11 +385,11 @@ class _Transfer:
     def _check_limits(self, done: int) -> None:
         if done > self.cap:
             raise DownloadTooLargeError(
-                f"{self.url}: more bytes than the published {self.size}" if self.size is not None else
-                f"{self.url}: more than the limit of {self.cap:,} bytes for an artifact without a published size",
+                f"more bytes than the published {self.size}" if self.size is not None else
+                f"more than the limit of {self.cap:,} bytes for an artifact without a published size",
                 self.url)
         if time.monotonic() > self.deadline:
-            raise DownloadDeadlineError(f"{self.url}: not finished within the {DOWNLOAD_DEADLINE_S} s download "
+            raise DownloadDeadlineError(f"not finished within the {DOWNLOAD_DEADLINE_S} s download "
                                         f"deadline ({done:,} bytes received)", self.url)
 
 
