@@ -278,3 +278,28 @@ def test_without_the_extra_or_a_cluster_one_line(model, data, tmp_path, monkeypa
     assert main(["classify", str(data), "--model", str(model), "--engine", "ray", "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "pip install 'shufflenet[ray]'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_no_optimize_reaches_the_ray_engine(model, data, tmp_path, monkeypatch, capsys):
+    """`--no-optimize` means the same with either engine: the CLI passes it, and the Classifier
+    the engine builds (on the driver and, with the same kwargs, in each actor) runs the graph as
+    given."""
+    from shufflenet import ray_engine
+
+    seen = []
+    real_prepare = ray_engine._prepare
+
+    def prepare(*args, **kwargs):
+        proto, source, clf = real_prepare(*args, **kwargs)
+        seen.append((clf.optimize, clf.runner.rewrites))
+        raise ray_engine.RayEngineError("stopped after preparing")  # no cluster needed
+
+    monkeypatch.setattr(ray_engine, "_prepare", prepare)
+    monkeypatch.setattr(ray_engine, "_require_ray", lambda: None)
+    out = str(tmp_path / "o.jsonl")
+    for flag in ([], ["--no-optimize"]):
+        assert main(["classify", str(data), "--model", str(model), "--engine", "ray", "-o", out, *flag]) == 2
+        assert main(["evaluate", "--data", str(data), "--model", str(model), "--engine", "ray", *flag]) == 2
+    assert [optimize for optimize, _ in seen] == [True, True, False, False]
+    assert all(rewrites is None for optimize, rewrites in seen if not optimize)
+    capsys.readouterr()

@@ -344,7 +344,8 @@ def _classify_ray(args: argparse.Namespace) -> int:
     with Bar("classify", args.quiet or args.json, unit="img") as bar:
         report = classify(args.images, args.model, args.output, address=args.address, workers=args.workers,
                           top=args.top, batch_size=args.batch_size, labels=args.labels, resize=args.resize,
-                          exact=args.exact, progress=bar, **_given(threads=args.threads))
+                          exact=args.exact, progress=bar, optimize=not args.no_optimize,
+                          **_given(threads=args.threads))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -422,7 +423,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             report = evaluate(args.model, args.data, label_file=args.label_file, limit=args.limit,
                               address=args.address, workers=args.workers, batch_size=args.batch_size,
                               resize=args.resize, exact=not args.photo_decoding, progress=bar,
-                              **_given(threads=args.threads))
+                              optimize=not args.no_optimize, **_given(threads=args.threads))
         else:
             from .evaluate import evaluate
 

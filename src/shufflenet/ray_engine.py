@@ -180,7 +180,7 @@ class _Predictor:
     """One actor of the pool: one Classifier, built once from the shipped model bytes."""
 
     def __init__(self, model_ref, *, threads: int, labels, resize, exact: bool, top: int,
-                 stage_times: bool) -> None:
+                 stage_times: bool, optimize: bool = True) -> None:
         import onnx
         import ray
 
@@ -188,7 +188,7 @@ class _Predictor:
 
         data = ray.get(model_ref[0])  # the model's bytes, from the object store (once per node)
         self.clf = Classifier(onnx.load_from_string(data), threads=threads, labels=labels,
-                              resize=resize, exact=exact)
+                              resize=resize, exact=exact, optimize=optimize)
         self.top, self.stage_times = top, stage_times
         self.filesystems: dict = {}
         self.pool = None
@@ -281,14 +281,15 @@ class _Predictor:
 # --------------------------------------------------------------------------- the dataset
 
 
-def _prepare(model, *, labels=None, resize=None, exact=False):
+def _prepare(model, *, labels=None, resize=None, exact=False, optimize=True):
     """(model proto, its source, a driver-side Classifier): the one place the ray engine resolves
     ``--model``, as local classify does. The Classifier is built here once so that a bad model or
     label file fails on the driver with one clear error, and gives the labels the actors use."""
     from .runtime import Classifier, resolve_model
 
     proto, source = resolve_model(model)
-    return proto, source, Classifier(proto, threads=1, labels=labels, resize=resize, exact=exact)
+    return proto, source, Classifier(proto, threads=1, labels=labels, resize=resize, exact=exact,
+                                     optimize=optimize)
 
 
 def _pool(ray, workers: int | None, threads: int, *, share: bool = False):
@@ -307,7 +308,7 @@ def _pool(ray, workers: int | None, threads: int, *, share: bool = False):
 
 def predict_dataset(source, model, *, top: int = CLASSIFY_TOP, batch_size: int = CLASSIFY_BATCH_SIZE, workers: int | None = None,
                     threads: int = 1, labels=None, resize: str | None = None, exact: bool = False,
-                    stage_times: bool = False):
+                    stage_times: bool = False, optimize: bool = True):
     """The Ray Dataset of predictions (lazy: nothing runs until it is consumed).
 
     ``source``: a list of paths/URIs (see :func:`list_sources`), or a ``ray.data.Dataset`` with a
@@ -324,7 +325,7 @@ def predict_dataset(source, model, *, top: int = CLASSIFY_TOP, batch_size: int =
     ray = _require_ray()
     if not ray.is_initialized():
         raise RayEngineError("Ray is not initialised: call ray.init(...) or use shufflenet.ray_engine.connect()")
-    proto, _, clf = _prepare(model, labels=labels, resize=resize, exact=exact)
+    proto, _, clf = _prepare(model, labels=labels, resize=resize, exact=exact, optimize=optimize)
     return _dataset(ray, source, proto, clf, top=top, batch_size=batch_size, workers=workers,
                     threads=threads, stage_times=stage_times)
 
@@ -353,7 +354,7 @@ def _dataset(ray, source, proto, clf, *, top, batch_size, workers, threads, stag
         # the ref travels in a list: the actor fetches the bytes itself when it starts
         fn_constructor_kwargs={"model_ref": [model_ref], "threads": threads, "labels": clf.labels,
                                "resize": clf.resize, "exact": clf.exact, "top": top,
-                               "stage_times": stage_times},
+                               "stage_times": stage_times, "optimize": clf.optimize},
         batch_size=batch_size, batch_format="pyarrow", compute=compute, num_cpus=threads,
         zero_copy_batch=True)
 
@@ -465,7 +466,8 @@ def _run(ds, total: int, progress, consume) -> int:
 def classify(sources: Sequence[str], model, output, *, address: str | None = None,
              workers: int | None = None, threads: int = 1, top: int = CLASSIFY_TOP, batch_size: int = CLASSIFY_BATCH_SIZE,
              labels=None, resize: str | None = None, exact: bool = False, num_cpus: int | None = None,
-             stage_times: bool = False, progress: Callable[[int, int], None] | None = None) -> RayClassifyReport:
+             stage_times: bool = False, progress: Callable[[int, int], None] | None = None,
+             optimize: bool = True) -> RayClassifyReport:
     """Classify every image of ``sources`` on Ray and write one row per input to ``output``
     (``.parquet`` or ``.jsonl``, written to a temp file beside it and renamed when complete).
 
@@ -480,7 +482,7 @@ def classify(sources: Sequence[str], model, output, *, address: str | None = Non
     paths, problems = list_sources(sources)
     if not paths:
         raise RayEngineError("nothing to classify: " + "; ".join(f"{i}: {w}" for i, w in problems))
-    proto, source, clf = _prepare(model, labels=labels, resize=resize, exact=exact)
+    proto, source, clf = _prepare(model, labels=labels, resize=resize, exact=exact, optimize=optimize)
     out = Path(output)
     failed: list[tuple[str, str]] = []
     stages: dict[str, float] = {}
@@ -601,7 +603,7 @@ class _Writer:
 def evaluate(model, data, *, label_file=None, limit: int | None = None, address: str | None = None,
              workers: int | None = None, threads: int = 1, batch_size: int = 32,
              resize: str | None = None, exact: bool = True, num_cpus: int | None = None,
-             progress: Callable[[int, int], None] | None = None):
+             progress: Callable[[int, int], None] | None = None, optimize: bool = True):
     """Top-1/top-5 of ``model`` on a labelled folder (evaluate's layouts), computed on Ray; the
     same :class:`~shufflenet.evaluate.EvalReport` and the same counts as the local engine
     (torchvision's exact decoding by default, as local evaluate).
@@ -609,7 +611,7 @@ def evaluate(model, data, *, label_file=None, limit: int | None = None, address:
     from .evaluate import DatasetError, EvalReport, discover
 
     _require_ray()
-    proto, source, clf = _prepare(model, resize=resize, exact=exact)
+    proto, source, clf = _prepare(model, resize=resize, exact=exact, optimize=optimize)
     samples, skipped, layout = discover(data, labels=clf.labels, label_file=label_file)
     if limit is not None:
         samples = samples[:limit]

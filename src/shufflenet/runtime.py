@@ -248,6 +248,7 @@ class Classifier:
         self.recipe, self.output_kind, meta_labels = model_info(proto)
         self.resize = resize or self.recipe.resize_mode
         self.exact = exact
+        self.optimize = optimize  # the exact load-time rewrites (onnx_optimize) applied
         self.runner = Runner(proto, threads=threads, providers=providers, optimize=optimize)
         self.input_name = self.runner.input_names[0]
         self.fixed_batch = self.runner.fixed_batch
