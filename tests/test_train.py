@@ -160,3 +160,25 @@ def test_an_epoch_ending_in_a_lone_image_trains(tiny, tmp_path):
     result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, batch_size=23,
                                epochs=1, threads=1))
     assert result.epochs_done == 1 and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]
+
+
+def test_a_checkpoints_saved_settings_are_checked_on_resume(tiny, tmp_path):
+    """The config inside checkpoint.pt replaces the given one on resume: it is checked as a new
+    run's options are (a bad value is one line, never a TypeError mid-run)."""
+    import json
+
+    import torch
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tiny), out=str(run), img_size=32, batch_size=8, epochs=2, threads=1),
+          stop_after_steps=2)
+    good = torch.load(run / "checkpoint.pt", weights_only=True)
+    for key, bad in (("optimizer", "rmsprop"), ("batch_size", "64"), ("img_size", 16), ("seed", None)):
+        ckpt = dict(good, config=json.dumps({**json.loads(good["config"]), key: bad}))
+        torch.save(ckpt, run / "checkpoint.pt")
+        with pytest.raises(TrainError, match=key) as e:
+            train(TrainConfig(data=str(tiny), out=str(run), img_size=32, batch_size=8, epochs=2), resume=True)
+        assert "\n" not in str(e.value)
+    torch.save(dict(good, config="[1, 2]"), run / "checkpoint.pt")
+    with pytest.raises(TrainError, match="not a JSON object"):
+        train(TrainConfig(data=str(tiny), out=str(run), img_size=32, batch_size=8, epochs=2), resume=True)

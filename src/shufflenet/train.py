@@ -433,9 +433,13 @@ class _Run:
             raise TrainError(f"{self.ckpt_path}: not a usable checkpoint ({one_line(e, line='first')})") from None
         if json.loads(ckpt["classes"]) != self.classes:
             raise TrainError(f"{cfg.data}: classes differ from the run's {json.loads(ckpt['classes'])}")
+        if not isinstance(saved, dict):
+            raise TrainError(f"{self.ckpt_path}: not a usable checkpoint (its config is not a JSON object)")
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)
         saved["out"] = cfg.out  # the folder resumed from, wherever it has moved
-        return ckpt, TrainConfig.from_dict(saved)
+        restored = _typed_config(saved, f"{self.ckpt_path} (saved config)")
+        _check_config(restored)  # what a new run is checked for, the saved settings are too
+        return ckpt, restored
 
     def _check_new_folder(self) -> None:
         out = self.out
@@ -656,13 +660,19 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Calla
 def _config_from_file(path: Path) -> TrainConfig:
     """A run's config.json, each field checked against the type of its default (never a
     TypeError or AttributeError later, on a malformed file)."""
-    from dataclasses import MISSING
-
     from ._safeio import json_loads, read_text
 
     raw = json_loads(read_text(path, TrainError, "run config"), TrainError, str(path))
     if not isinstance(raw, dict):
         raise TrainError(f"{path}: expected a JSON object")
+    return _typed_config(raw, str(path))
+
+
+def _typed_config(raw: dict, where: str) -> TrainConfig:
+    """A TrainConfig from a saved mapping (config.json, a checkpoint's copy), each field checked
+    against the type of its default: never a TypeError or AttributeError later."""
+    from dataclasses import MISSING
+
     for f in fields(TrainConfig):
         if f.name not in raw:
             continue
@@ -678,9 +688,9 @@ def _config_from_file(path: Path) -> TrainConfig:
         else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
-            raise TrainError(f"{path}: {f.name} is {value!r}, which is not a valid value")
+            raise TrainError(f"{where}: {f.name} is {value!r}, which is not a valid value")
     if "data" not in raw:
-        raise TrainError(f"{path}: no data folder recorded")
+        raise TrainError(f"{where}: no data folder recorded")
     return TrainConfig.from_dict(raw)
 
 
