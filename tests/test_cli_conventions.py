@@ -127,23 +127,6 @@ def test_each_command_help_built_alone_is_the_full_parsers(name, capsys):
     assert e.value.code == 0 and capsys.readouterr().out == alone
 
 
-def test_command_help_loads_no_onnx_numpy_or_pillow():
-    """Choices and defaults come from shufflenet.options: a command's --help needs none of the
-    heavy modules (export's alone reads the newest opset from the installed onnx)."""
-    code = ("import sys\n"
-            "from shufflenet.cli import COMMANDS, main\n"
-            "for name in COMMANDS:\n"
-            "    if name == 'export':\n"
-            "        continue\n"
-            "    try:\n"
-            "        main([name, '--help'])\n"
-            "    except SystemExit:\n"
-            "        pass\n"
-            "print(sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch') if m in sys.modules),"
-            " file=sys.stderr)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stderr.strip() == "[]"
-
 
 def test_train_arguments_are_trainconfig_fields_or_cli_only():
     """The CLI builds TrainConfig from the arguments given; TrainConfig.from_dict ignores unknown

@@ -59,31 +59,51 @@ def test_dir_shows_the_public_api():
     assert not [n for n in listed if n.startswith("_") and n != "__version__"]
 
 
-@pytest.mark.parametrize("flag", ["--version", "--help"])
-def test_version_and_help_do_not_load_onnx_numpy_or_pillow(flag):
-    """`shufflenet --version` and `--help` build only the top-level parser (one line per command
-    from a static table): none of the heavy base imports."""
+HEAVY = ("onnx", "numpy", "PIL", "onnxruntime", "torch", "tqdm")
+
+
+def _light_run(argv: list[str]) -> tuple[str, str]:
+    """Run `shufflenet ARGV` in a fresh interpreter: (stdout, "exit-code [heavy modules loaded]")."""
     code = ("import runpy, sys\n"
-            f"sys.argv = ['shufflenet', {flag!r}]\n"
+            f"sys.argv = ['shufflenet', *{argv!r}]\n"
             "try:\n"
             "    runpy.run_module('shufflenet', run_name='__main__')\n"
             "except SystemExit as e:\n"
             "    code = e.code\n"
-            "heavy = sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch', 'tqdm') if m in sys.modules)\n"
+            f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
             "print(code, heavy, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout, out.stderr.strip()
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_do_not_load_onnx_numpy_or_pillow(flag):
+    """`shufflenet --version` and `--help` build only the top-level parser (one line per command
+    from a static table): none of the heavy base imports."""
     from shufflenet import __version__
     from shufflenet.cli import COMMANDS
 
-    assert out.stderr.strip() == "0 []"
+    stdout, status = _light_run([flag])
+    assert status == "0 []"
     if flag == "--version":
-        assert out.stdout.strip() == f"shufflenet {__version__}"
+        assert stdout.strip() == f"shufflenet {__version__}"
     else:
-        assert all(name in out.stdout for name in COMMANDS)
+        assert all(name in stdout for name in COMMANDS)
     # the real entry point answers the same
     out = subprocess.run([sys.executable, "-m", "shufflenet", flag], capture_output=True, text=True)
     assert out.returncode == 0 and (out.stdout.strip() == f"shufflenet {__version__}" if flag == "--version"
                                     else "usage: shufflenet" in out.stdout)
+
+
+def test_command_help_loads_no_onnx_numpy_or_pillow():
+    """Choices and defaults come from shufflenet.options: a command's --help needs none of the
+    heavy modules (export's alone reads the newest opset from the installed onnx)."""
+    from shufflenet.cli import COMMANDS
+
+    for name in COMMANDS:
+        if name != "export":
+            stdout, status = _light_run([name, "--help"])
+            assert status == "0 []" and f"shufflenet {name}" in stdout, (name, status)
 
 
 def test_options_are_plain_python():
