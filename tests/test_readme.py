@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import re
 import shlex
 import subprocess
 import sys
@@ -452,3 +453,17 @@ def test_readme_python_lines_run(workspace):
             raise AssertionError(f"{line}\n{type(e).__name__}: {e}") from None
     assert namespace["spec"].num_params == 2278604
     assert namespace["x"].shape == (1, 3, 224, 224)
+
+
+def test_readme_links_every_doc_and_every_link_resolves():
+    """Each file of docs/ is linked from the README, and every relative link in the README and
+    the docs names a file that exists (a renamed doc or module path breaks this test)."""
+    text = README.read_text()
+    docs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    assert [d for d in docs if f"]({d})" not in text] == []
+    broken = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
