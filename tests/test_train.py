@@ -182,3 +182,16 @@ def test_a_checkpoints_saved_settings_are_checked_on_resume(tiny, tmp_path):
     torch.save(dict(good, config="[1, 2]"), run / "checkpoint.pt")
     with pytest.raises(TrainError, match="not a JSON object"):
         train(TrainConfig(data=str(tiny), out=str(run), img_size=32, batch_size=8, epochs=2), resume=True)
+
+
+def test_a_run_with_optional_settings_off_resumes_from_its_folder(tiny, tmp_path):
+    """`ema` and `grad_clip` may be None (off): config.json then records null, which the
+    resume's type check accepts (their annotations allow it)."""
+    from shufflenet.train import resume
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(tiny), out=str(run), img_size=32, batch_size=8, epochs=2, threads=1,
+                      ema=None, grad_clip=None)
+    train(cfg, stop_after_steps=2)
+    result = resume(run)
+    assert result.epochs_done == 2 and not result.interrupted

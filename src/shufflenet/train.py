@@ -668,27 +668,25 @@ def _config_from_file(path: Path) -> TrainConfig:
     return _typed_config(raw, str(path))
 
 
+def _of_type(value, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotated ``annotation`` (e.g. ``"float | None"``; a
+    bool is not a number, an int is a float)."""
+    kinds = {k.strip() for k in annotation.split("|")}
+    if value is None:
+        return "None" in kinds
+    if isinstance(value, bool):
+        return "bool" in kinds
+    return (("str" in kinds and isinstance(value, str)) or ("int" in kinds and isinstance(value, int))
+            or ("float" in kinds and isinstance(value, (int, float))))
+
+
 def _typed_config(raw: dict, where: str) -> TrainConfig:
     """A TrainConfig from a saved mapping (config.json, a checkpoint's copy), each field checked
-    against the type of its default: never a TypeError or AttributeError later."""
-    from dataclasses import MISSING
-
+    against its annotation (``int | None``: an integer or null): never a TypeError or
+    AttributeError later."""
     for f in fields(TrainConfig):
-        if f.name not in raw:
-            continue
-        value, default = raw[f.name], f.default
-        if default is MISSING or isinstance(default, str):
-            ok = isinstance(value, str)
-        elif default is None:
-            ok = value is None or (isinstance(value, (int, float, str)) and not isinstance(value, bool))
-        elif isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise TrainError(f"{where}: {f.name} is {value!r}, which is not a valid value")
+        if f.name in raw and not _of_type(raw[f.name], str(f.type)):
+            raise TrainError(f"{where}: {f.name} is {raw[f.name]!r}, which is not a valid value")
     if "data" not in raw:
         raise TrainError(f"{where}: no data folder recorded")
     return TrainConfig.from_dict(raw)
