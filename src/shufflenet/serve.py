@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,6 +164,14 @@ class _Model:
         self.output_name = clf.runner.output_names[0]
         # what clients see of the model's origin: a file's name, never the server's folders
         self.source = Path(clf.source).name if Path(clf.source).exists() else clf.source
+        r = clf.recipe  # what the model metadata and every classify answer say: built once
+        self.preprocessing = {"description": f"{clf.resize} resize {r.resize}, crop {r.crop}",
+                              **r.to_dict(), "resize_mode": clf.resize, "exact_decoding": clf.exact}
+        self.metadata = {
+            "name": name, "versions": [API_VERSION], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": clf.input_name, "datatype": "FP32", "shape": self.input_shape}],
+            "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, clf.num_classes or -1]}],
+            "parameters": {"output_kind": clf.output_kind, "source": self.source, "max_batch_size": opts.max_batch}}
         self.queue: deque[_Item] = deque()
         self.rows_waiting = 0
         self.ready = False
@@ -170,18 +179,6 @@ class _Model:
         self._task: asyncio.Task | None = None
         # one thread: batches for one model run one after another, as Triton's instance_count=1
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"shufflenet-infer-{name}")
-
-    def metadata(self) -> dict:
-        return {"name": self.name, "versions": [API_VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": self.clf.input_name, "datatype": "FP32", "shape": self.input_shape}],
-                "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, self.clf.num_classes or -1]}],
-                "parameters": {"output_kind": self.clf.output_kind, "source": self.source,
-                               "max_batch_size": self.opts.max_batch}}
-
-    def preprocessing(self) -> dict:
-        r = self.clf.recipe
-        return {"description": f"{self.clf.resize} resize {r.resize}, crop {r.crop}",
-                **r.to_dict(), "resize_mode": self.clf.resize, "exact_decoding": self.clf.exact}
 
     def start(self) -> None:
         if self._task is None:
@@ -588,9 +585,13 @@ class _Server:
         self.served = {name: _Model(name, clf, opts, self.metrics) for name, clf in loaded.items()}
         self.pool = ThreadPoolExecutor(opts.decode_workers or os.cpu_count() or 1,
                                        thread_name_prefix="shufflenet-decode")
-        self.started = False
-        self.ready = False  # every model warmed
-        self.warm_task: asyncio.Task | None = None
+        self.warm_task: asyncio.Task | None = None  # set once started
+        self.page_html = resources.files("shufflenet").joinpath("data/serve.html").read_text("utf-8")
+
+    @property
+    def ready(self) -> bool:
+        """Every model warmed."""
+        return all(m.ready for m in self.served.values())
 
     def routes(self) -> list:
         from starlette.routing import Route
@@ -631,9 +632,8 @@ class _Server:
     async def ensure_started(self) -> None:
         """Batchers and warm-up start with the lifespan, or on the first request when the app
         is mounted somewhere that does not run sub-app lifespans."""
-        if self.started:
+        if self.warm_task is not None:
             return
-        self.started = True
         for m in self.served.values():
             m.start()
         self.warm_task = asyncio.get_running_loop().create_task(self._warm_all())
@@ -643,7 +643,6 @@ class _Server:
         for m in self.served.values():
             await loop.run_in_executor(m.executor, m.warm)
             m.ready = True
-        self.ready = True
         if self.on_ready is not None:
             self.on_ready()
 
@@ -756,7 +755,7 @@ class _Server:
         return _json({"name": "shufflenet", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(self, request: Request):
-        return _json(self.lookup(request).metadata())
+        return _json(self.lookup(request).metadata)
 
     async def model_ready(self, request: Request):
         m = self.lookup(request)
@@ -797,7 +796,7 @@ class _Server:
         t1 = time.perf_counter()
         preds = m.clf.top(m.clf.probabilities_from(raw), top)[0]
         answer = {"model": m.name, "source": m.source, "output_kind": m.clf.output_kind,
-                  "preprocessing": m.preprocessing(),
+                  "preprocessing": m.preprocessing,
                   "predictions": [{"index": p.index, "label": p.label, "probability": p.probability} for p in preds]}
         response = _json(answer)
         self.metrics.stage.labels(m.name, "encode").observe(time.perf_counter() - t1)
@@ -824,7 +823,7 @@ class _Server:
     async def list_models(self, request: Request):
         return _json({"models": [
             {"name": m.name, "ready": m.ready, "source": m.source, "output_kind": m.clf.output_kind,
-             "num_classes": m.clf.num_classes, "preprocessing": m.preprocessing()} for m in self.served.values()]})
+             "num_classes": m.clf.num_classes, "preprocessing": m.preprocessing} for m in self.served.values()]})
 
     async def metrics_text(self, request: Request):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -833,11 +832,9 @@ class _Server:
         return Response(generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def page(self, request: Request):
-        from importlib import resources
-
         from starlette.responses import HTMLResponse
 
-        return HTMLResponse(resources.files("shufflenet").joinpath("data/serve.html").read_text("utf-8"))
+        return HTMLResponse(self.page_html)
 
 
 async def _multipart_file(request: Request, body: bytes) -> bytes:
