@@ -527,6 +527,14 @@ def test_options_and_app_arguments(model_path):
         create_app({"a b": clf})
 
 
+def test_a_named_model_file_may_have_any_stem(model_path, tmp_path):
+    """{name: path}: the name given is the one served, whatever the file is called."""
+    spaced = tmp_path / "my model.onnx"
+    shutil.copy(model_path, spaced)
+    assert list(create_app({"tiny": str(spaced)}).state.shufflenet) == ["tiny"]
+    assert list(create_app({"tiny": f"x={spaced}"}).state.shufflenet) == ["tiny"]  # as before: NAME= is dropped
+
+
 def test_model_names(model_path, tmp_path):
     from shufflenet.serve import model_name
 

@@ -121,6 +121,14 @@ def model_name(spec) -> str:
     return text
 
 
+def _name_and_source(spec) -> tuple[str, str]:
+    """A ``--model`` value -> (the name it is served under, what Classifier resolves)."""
+    text = os.fspath(spec)
+    name = model_name(text)
+    source = text[len(name) + 1:] if text.startswith(name + "=") and not Path(text).exists() else text
+    return name, source
+
+
 def load_models(specs: Sequence, *, threads: int | None = None) -> dict:
     """``--model`` values (each anything ``classify --model`` takes, optionally ``NAME=SPEC``) ->
     {name: Classifier}. Raises ServeError on a duplicate name, the runtime's errors on a bad model."""
@@ -128,13 +136,11 @@ def load_models(specs: Sequence, *, threads: int | None = None) -> dict:
 
     out: dict = {}
     for spec in specs:
-        name = model_name(spec)
+        name, source = _name_and_source(spec)
         if not _NAME.match(name):
             raise ServeError(f"model name {name!r} cannot be used in a URL; give NAME=MODEL")
         if name in out:
             raise ServeError(f"two models are named {name!r}; give one as NAME=MODEL")
-        text = os.fspath(spec)
-        source = text[len(name) + 1:] if text.startswith(name + "=") and not Path(text).exists() else text
         out[name] = Classifier(source, threads=threads)  # the one place a --model is resolved
     if not out:
         raise ServeError("no model to serve; give --model")
@@ -543,7 +549,8 @@ def _named_classifiers(models: Mapping, opts: ServeOptions) -> dict:
     for name, m in models.items():
         if not _NAME.match(str(name)):
             raise ServeError(f"model name {name!r} cannot be used in a URL")
-        loaded[str(name)] = m if isinstance(m, Classifier) else load_models([m], threads=opts.threads)[model_name(m)]
+        # the key names it: the spec's own name (a file stem) need not fit a URL
+        loaded[str(name)] = m if isinstance(m, Classifier) else Classifier(_name_and_source(m)[1], threads=opts.threads)
     return loaded
 
 
