@@ -303,3 +303,26 @@ def test_no_optimize_reaches_the_ray_engine(model, data, tmp_path, monkeypatch, 
     assert [optimize for optimize, _ in seen] == [True, True, False, False]
     assert all(rewrites is None for optimize, rewrites in seen if not optimize)
     capsys.readouterr()
+
+
+def test_an_actor_loads_files_as_the_local_engine_does(model, data, tmp_path):
+    """The actor's decode step (bytes in) gives local classify's rows and messages (a path in),
+    a refusal at the preprocessing stage included (it named no file)."""
+    import numpy as np
+    from PIL import Image
+
+    from shufflenet import ray_engine
+
+    Image.new("RGB", (600, 1)).save(tmp_path / "panorama.png")  # resizes past MAX_RESIZED_PIXELS
+    paths = sorted(str(p) for p in data.iterdir()) + [str(tmp_path / "panorama.png")]
+    actor = object.__new__(ray_engine._Predictor)  # its __init__ fetches the model from a cluster
+    actor.clf = Classifier(str(model), threads=1)
+    errors, seconds = [None] * len(paths), {}
+    tensors, good = actor._decode_all(paths, [(Path(p).read_bytes(), None) for p in paths], errors, seconds)
+    local = _local_rows(*paths, "--model", model)
+    assert errors == [local[p]["error"] for p in paths]
+    assert errors[-1].startswith(f"{paths[-1]}: refused: resizing 600x1")
+    assert [paths[i] for i in good] == [p for p in paths if local[p]["error"] is None]
+    for i, rows in zip(good, tensors):
+        assert np.array_equal(rows, actor.clf.preprocess(Path(paths[i])))
+    assert set(seconds) == {"decode", "preprocess"}

@@ -221,29 +221,24 @@ class _Predictor:
         return self._table(batch, columns, seconds)
 
     def _decode_all(self, paths: list[str], loaded, errors: list, seconds: dict) -> tuple[list, list[int]]:
-        """(input rows, their indices) for the files read: the local engine's own decode and
-        preprocessing, from bytes instead of a path; a file that fails gets its ``errors`` entry."""
-        from .preprocess import ImageError
+        """(input rows, their indices) for the files read: the local engine's own loader
+        (:func:`~shufflenet.runtime.load_one`), from bytes instead of a path; a file that fails
+        gets its ``errors`` entry."""
+        from .runtime import load_one
 
         tensors, good = [], []
-        t_decode = t_prep = 0.0
+        seconds["decode"] = seconds["preprocess"] = 0.0
         for i, (p, (data, why)) in enumerate(zip(paths, loaded)):
             if why is not None:
                 continue
-            t0 = time.perf_counter()
-            try:
-                img = self.clf.decode(data)
-                t1 = time.perf_counter()
-                tensors.append(self.clf.prepare(img))
-                t_prep += time.perf_counter() - t1
+            item = load_one(self.clf, data, p)
+            seconds["decode"] += item.decode_s
+            seconds["preprocess"] += item.preprocess_s
+            if item.error is not None:
+                errors[i] = item.error
+            else:
+                tensors.append(item.rows)
                 good.append(i)
-            except ImageError as e:
-                msg = str(e)
-                errors[i] = p + msg[len("<bytes>"):] if msg.startswith("<bytes>") else msg
-            except Exception as e:  # an unexpected decoder failure is still one bad file (as local)
-                errors[i] = f"{p}: {type(e).__name__}: {e}"
-            t_decode += time.perf_counter() - t0
-        seconds["decode"], seconds["preprocess"] = t_decode - t_prep, t_prep
         return tensors, good
 
     def _predict(self, tensors: list, good: list[int], n: int, seconds: dict) -> dict:

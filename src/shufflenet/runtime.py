@@ -427,6 +427,26 @@ class _Loaded(NamedTuple):
     preprocess_s: float
 
 
+def load_one(clf: Classifier, image, name: str) -> _Loaded:
+    """One file (a path, or the bytes read from ``name``) decoded and preprocessed by ``clf``; a
+    file that cannot be is one bad file: ``error`` says why, beginning with ``name``. The one
+    loader of both engines (local and ray), so their answers and messages are the same."""
+    from .preprocess import ImageError
+
+    t0 = time.perf_counter()
+    try:
+        img = clf.decode(image)
+        t1 = time.perf_counter()
+        return _Loaded(clf.prepare(img), None, t1 - t0, time.perf_counter() - t1)
+    except ImageError as e:
+        msg = str(e)
+        if isinstance(image, bytes) and msg.startswith("<bytes>"):  # the bytes' own name
+            msg = name + msg[len("<bytes>"):]
+        return _Loaded(None, msg if msg.startswith(name) else f"{name}: {msg}", 0.0, 0.0)
+    except Exception as e:  # an unexpected decoder failure is still one bad file
+        return _Loaded(None, f"{name}: {type(e).__name__}: {e}", 0.0, 0.0)
+
+
 class _Ran(NamedTuple):
     """One chunk: its files as loaded, the indices of the good ones and the model's rows for them."""
     loaded: list[_Loaded]
@@ -468,18 +488,7 @@ class _ChunkRunner:
         return self.infer([self.load(p) for p in chunk])
 
     def load(self, p: Path) -> _Loaded:
-        from .preprocess import ImageError
-
-        t0 = time.perf_counter()
-        try:
-            img = self.clf.decode(p)
-            t1 = time.perf_counter()
-            return _Loaded(self.clf.prepare(img), None, t1 - t0, time.perf_counter() - t1)
-        except ImageError as e:
-            msg = str(e)
-            return _Loaded(None, msg if msg.startswith(str(p)) else f"{p}: {msg}", 0.0, 0.0)
-        except Exception as e:  # an unexpected decoder failure is still one bad file
-            return _Loaded(None, f"{p}: {type(e).__name__}: {e}", 0.0, 0.0)
+        return load_one(self.clf, p, str(p))
 
     def infer(self, loaded: list[_Loaded]) -> _Ran:
         good = [i for i, item in enumerate(loaded) if item.rows is not None]
