@@ -281,9 +281,8 @@ def test_without_the_extra_or_a_cluster_one_line(model, data, tmp_path, monkeypa
 
 
 def test_no_optimize_reaches_the_ray_engine(model, data, tmp_path, monkeypatch, capsys):
-    """`--no-optimize` means the same with either engine: the CLI passes it, and the Classifier
-    the engine builds (on the driver and, with the same kwargs, in each actor) runs the graph as
-    given."""
+    """`--no-optimize` means the same with either engine: the CLI passes it to the engine, whose
+    driver-side Classifier runs the graph as given (the actors' own: the test below)."""
     from shufflenet import ray_engine
 
     seen = []
@@ -303,6 +302,36 @@ def test_no_optimize_reaches_the_ray_engine(model, data, tmp_path, monkeypatch, 
     assert [optimize for optimize, _ in seen] == [True, True, False, False]
     assert all(rewrites is None for optimize, rewrites in seen if not optimize)
     capsys.readouterr()
+
+
+def test_no_optimize_reaches_the_actors(cluster, model, data):
+    """Each actor builds its own Classifier from the kwargs the engine gives it: with
+    optimize=False it runs the graph as given (no load-time rewrites), on the cluster."""
+    code = f"""
+import json, ray
+from shufflenet import ray_engine
+ray.init(address={cluster.address!r}, logging_level="ERROR")
+
+class Probe(ray_engine._Predictor):  # the engine's actor, reporting the Classifier it built
+    def __call__(self, batch):
+        import pyarrow as pa
+        n = batch.num_rows
+        return pa.table({{"optimize": [self.clf.optimize] * n, "rewrites": [self.clf.runner.rewrites] * n}})
+
+ray_engine._Predictor = Probe
+paths, _ = ray_engine.list_sources([{str(data)!r}])
+seen = {{}}
+for optimize in (True, False):
+    rows = ray_engine.predict_dataset(paths[:4], {str(model)!r}, optimize=optimize, batch_size=2).take_all()
+    seen[str(optimize)] = sorted({{(r["optimize"], r["rewrites"]) for r in rows}}, key=str)
+print(json.dumps(seen))
+"""
+    r = cluster.run([sys.executable, "-c", code])
+    assert r["rc"] == 0, r["stderr"]
+    seen = json.loads(r["stdout"].strip().splitlines()[-1])
+    (optimized,), (plain,) = seen["True"], seen["False"]
+    assert optimized[0] is True and optimized[1]  # the rewrites apply to this model by default
+    assert plain == [False, None]
 
 
 def test_an_actor_loads_files_as_the_local_engine_does(model, data, tmp_path):
