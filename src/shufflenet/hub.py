@@ -255,10 +255,9 @@ def _gave_up(a: Artifact, path: Path, failures: list[DownloadError | HashMismatc
 
 
 def _download_with_retries(url: str, part: Path, size: int | None, progress: Progress | None,
-                           deadline: float | None = None) -> None:
+                           deadline: float) -> None:
     """Fill ``part`` with the whole file, resuming up to ATTEMPTS times after a failure whose
     class says a retry may help; else raise the last :class:`DownloadError`."""
-    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S if deadline is None else deadline
     if time.monotonic() >= deadline:
         raise DownloadDeadlineError(f"not tried, the {DOWNLOAD_DEADLINE_S} s deadline had passed", url)
     for attempt in range(ATTEMPTS):
@@ -270,14 +269,12 @@ def _download_with_retries(url: str, part: Path, size: int | None, progress: Pro
                 raise
 
 
-def _download(url: str, part: Path, size: int | None, progress: Progress | None,
-              deadline: float | None = None) -> None:
+def _download(url: str, part: Path, size: int | None, progress: Progress | None, deadline: float) -> None:
     """Stream ``url`` into ``part``, resuming from its current length with an HTTP Range.
 
     At most ``size`` bytes (else MAX_UNSIZED_DOWNLOAD_BYTES), and until ``deadline`` (monotonic
     seconds; a byte every few seconds never trips the per-read timeout, this does).
     """
-    deadline = time.monotonic() + DOWNLOAD_DEADLINE_S if deadline is None else deadline
     _Transfer(url, part, size, progress, deadline).run()
 
 
@@ -286,8 +283,6 @@ def _network_failures(url: str):
     """What urllib, http.client and the socket raise, as this module's failure classes."""
     try:
         yield
-    except DownloadError:
-        raise
     except urllib.error.HTTPError as e:
         raise DownloadStatusError(str(e.reason), url, e.code) from e
     except urllib.error.URLError as e:  # no answer: refused, unknown host, a missing file:// path
