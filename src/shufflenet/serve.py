@@ -881,6 +881,7 @@ def run(app, *, host: str = SERVE_HOST, port: int = SERVE_PORT, on_listening: Ca
     import socket
 
     _require_extra()
+    _check_port(host, port)
     import uvicorn
 
     try:
@@ -916,11 +917,17 @@ def run(app, *, host: str = SERVE_HOST, port: int = SERVE_PORT, on_listening: Ca
         sock.close()
 
 
+def _check_port(host: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ServeError(f"cannot listen on {host}:{port}: the port must be 0 to 65535 (0: a free one)")
+
+
 def serve(models: Sequence, *, host: str = SERVE_HOST, port: int = SERVE_PORT, options: ServeOptions | None = None,
           on_ready: Callable[[str, list[str]], None] | None = None) -> None:
     """Load ``models`` (``--model`` values), then serve them until SIGTERM/SIGINT.
     ``on_ready(url, names)`` is called once every model is loaded and warmed."""
     _require_extra()  # before minutes of model loading
+    _check_port(host, port)
     opts = options or ServeOptions()
     loaded = load_models(models, threads=opts.threads)
     where: dict[str, str] = {}
