@@ -89,6 +89,7 @@ def test_end_to_end_images(models, tmp_path):
     res = bench_images(models[1], tmp_path, batch=4, workers=2, repeat=1)
     assert res["images"] == 6 and len(res["predictions"]) == 6 and res["images_per_s"] > 0
     assert set(res["stage_seconds"]) == {"decode", "preprocess", "inference"}
+    assert res["threads"] == 1  # as `shufflenet bench --images` and the latency bench: one thread unless asked
 
 
 def test_openvino_backend_when_installed(models):

@@ -234,17 +234,18 @@ def _cpu_name() -> str:
 
 
 def bench_images(model: str, images: str | os.PathLike, *, batch: int = BENCH_IMAGE_BATCHES[0],
-                 workers: int = BENCH_IMAGE_WORKERS, threads: int | None = None, limit: int | None = None,
+                 workers: int = BENCH_IMAGE_WORKERS, threads: int | None = BENCH_THREADS[0], limit: int | None = None,
                  repeat: int = 2, optimize: bool = True) -> dict:
     """End to end over an image folder with ``classify``'s pipeline (decode + preprocess on
     ``workers`` threads, overlapped with batched inference): images/s, best of ``repeat``, and
-    where the time goes (stage seconds, decode and preprocess summed over workers)."""
+    where the time goes (stage seconds, decode and preprocess summed over workers). ``threads``:
+    intra-op threads per session, one unless asked as for :func:`bench` (None: ONNX Runtime's)."""
     return bench_images_many([model], images, batches=(batch,), workers=workers, threads=threads,
                              limit=limit, repeat=repeat, optimize=optimize)[0]
 
 
 def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple[int, ...] = BENCH_IMAGE_BATCHES,
-                      workers: int = BENCH_IMAGE_WORKERS, threads: int | None | Sequence[int | None] = None,
+                      workers: int = BENCH_IMAGE_WORKERS, threads: int | None | Sequence[int | None] = BENCH_THREADS,
                       limit: int | None = None, repeat: int = 2, optimize: bool = True) -> list[dict]:
     """:func:`bench_images` for every model and batch size (and every thread count when
     ``threads`` is a sequence), interleaved: each round passes over the folder once per model in

@@ -20,7 +20,7 @@ from ._io import one_line
 from ._progress import Bar
 from .errors import ShuffleNetError
 from .options import (
-    AMP_MODES, BENCH_BACKENDS, BENCH_BLOCK, BENCH_IMAGE_BATCHES, BENCH_IMAGE_WORKERS, BENCH_PRECISIONS, BENCH_RUNS,
+    AMP_MODES, BENCH_BACKENDS, BENCH_BATCHES, BENCH_BLOCK, BENCH_IMAGE_BATCHES, BENCH_IMAGE_WORKERS, BENCH_PRECISIONS, BENCH_RUNS,
     BENCH_THREADS, BENCH_WARMUP, CALIB_METHODS, CLASSIFY_BATCH_SIZE, CLASSIFY_TOP, DEFAULT_MODEL, DEFAULT_OPSET,
     DEMO_CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES, ENGINES, EXPORT_VIAS, INPUT_SIZES, MIN_OPSET, OPTIMIZERS, PAD_MULTIPLE,
     QUANTIZE_DEFAULTS, QUANTIZE_FORMATS, RESIZE_MODES, SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT, TRAIN_DEFAULTS,
@@ -845,8 +845,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _bench_images(args: argparse.Namespace) -> int:
     from .bench import bench_images_many
 
-    rows = bench_images_many(args.models, args.images, workers=args.workers, threads=args.threads or BENCH_THREADS,
-                             limit=args.limit, optimize=not args.no_optimize, **_given(batches=args.batch))
+    rows = bench_images_many(args.models, args.images, workers=args.workers, limit=args.limit,
+                             optimize=not args.no_optimize, **_given(batches=args.batch, threads=args.threads))
     _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
     if args.json:
         _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
@@ -909,7 +909,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
                      "size, passes interleaved.")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list,
-                   help=f"comma list, e.g. 1,8 (default 1; {BENCH_IMAGE_BATCHES[0]} with --images)")
+                   help=f"comma list, e.g. 1,8 (default {BENCH_BATCHES[0]}; {BENCH_IMAGE_BATCHES[0]} with --images)")
     p.add_argument("--threads", type=_int_list,
                    help=f"comma list, e.g. 1,2 (default {','.join(map(str, BENCH_THREADS))})")
     p.add_argument("--runs", type=_positive_int, default=BENCH_RUNS, help="timed runs per model and configuration")
