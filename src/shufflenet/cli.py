@@ -109,6 +109,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -958,7 +968,7 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
                    help="a .onnx path, .tar.gz, zoo artifact, variant or VARIANT:random[:SEED], optionally "
                         "NAME=MODEL; repeat for several. URL name: NAME, else the file stem, else as given")
     p.add_argument("--host", default=SERVE_HOST, help="address to listen on")
-    p.add_argument("--port", type=int, default=SERVE_PORT, help="port; 0 takes a free one")
+    p.add_argument("--port", type=_port, default=SERVE_PORT, help="port; 0 takes a free one")
     p.add_argument("--max-batch", type=_positive_int, default=s["max_batch"], help="rows per model run")
     p.add_argument("--max-delay-ms", type=float, default=s["max_delay_ms"],
                    help="how long a batch's first request waits for more")
