@@ -137,3 +137,25 @@ def test_end_to_end_every_thread_count(models, tmp_path, capsys):
     assert [(r["threads"], r["batch"]) for r in rows] == [(1, 2), (2, 2)]
     assert main(["bench", models[1], "--threads", "1,2", "--images", str(tmp_path), "--json"]) == 0
     assert [(d["threads"], d["batch"]) for d in json.loads(capsys.readouterr().out)] == [(1, 8), (2, 8)]
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--images", "IMGS", "--runs", "5", "--interleaved"], "--runs, --interleaved: not with --images"),
+    (["--images", "IMGS", "--backend", "openvino"], "--backend: not with --images"),
+    (["--workers", "3", "--limit", "2"], "--workers, --limit: only with --images"),
+])
+def test_options_of_the_other_measurement_are_refused(models, tmp_path, capsys, argv, refused):
+    """An option that the chosen measurement would not read is an error (one line, exit 2),
+    not silently ignored (as --address without --engine ray)."""
+    argv = [str(tmp_path) if a == "IMGS" else a for a in argv]
+    assert main(["bench", models[1], *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"shufflenet bench: error: {refused}" + (
+        " (it measures end to end with ONNX Runtime)" if "not with" in refused else "")
+
+
+def test_precision_is_openvino_only(models):
+    with pytest.raises(BenchError, match="backend openvino only"):
+        bench(models[1:], runs=1, warmup=0, precision="bf16")
+    with pytest.raises(BenchError, match="backend openvino only"):
+        bench(models[1:], runs=1, warmup=0, backend="openvino", precision="fp8")

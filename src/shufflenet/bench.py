@@ -27,7 +27,7 @@ import onnx
 from ._onnx import fixed_batch, input_names, input_shape, ort_session as _new_session
 from .errors import ShuffleNetError, install_hint
 from .options import (BENCH_BACKENDS as BACKENDS, BENCH_BATCHES, BENCH_BLOCK as BLOCK, BENCH_IMAGE_BATCHES,
-                      BENCH_IMAGE_WORKERS, BENCH_MODES as MODES, BENCH_RUNS, BENCH_THREADS, BENCH_WARMUP)
+                      BENCH_IMAGE_WORKERS, BENCH_MODES as MODES, BENCH_PRECISIONS, BENCH_RUNS, BENCH_THREADS, BENCH_WARMUP)
 from .runtime import is_untrained, resolve_model
 
 __all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "p50_ratios", "ort_session",
@@ -139,6 +139,9 @@ def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, thread
         raise BenchError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if mode not in MODES:
         raise BenchError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if precision is not None and (backend != "openvino" or precision not in BENCH_PRECISIONS):
+        raise BenchError(f"precision is OpenVINO's hint ({', '.join(BENCH_PRECISIONS)}), for backend openvino only; "
+                         f"got {precision!r} with {backend}")
     if runs < 1 or warmup < 0 or block < 1:
         raise BenchError("runs and block must be positive and warmup non-negative")
     plan = _Plan(runs, warmup, 1 if mode == "interleaved" else min(block, runs), backend, precision,

@@ -89,6 +89,14 @@ def _given(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def _refuse_given(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
+    """Options given where they do not apply are an error, not silently ignored (their parser
+    defaults are None or False, so a given one is told apart)."""
+    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise _usage(f"{', '.join(given)}: {why}")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -285,11 +293,8 @@ def _args_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _check_engine(args: argparse.Namespace, ray_only: Sequence[str]) -> None:
-    """Options of the ray engine given without it are an error, not silently ignored."""
     if args.engine != "ray":
-        given = [f"--{name.replace('_', '-')}" for name in ray_only if getattr(args, name, None) is not None]
-        if given:
-            raise _usage(f"{', '.join(given)}: only with --engine ray")
+        _refuse_given(args, ray_only, "only with --engine ray")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -848,15 +853,24 @@ def _args_zoo(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- bench
 
 
+#: bench's options that only the latency measurement reads, and those only --images reads
+_BENCH_LATENCY_ONLY = ("runs", "warmup", "backend", "precision", "ort_defaults", "block", "interleaved", "plot")
+_BENCH_IMAGES_ONLY = ("workers", "limit")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    return _bench_images(args) if args.images else _bench_latency(args)
+    if args.images:
+        _refuse_given(args, _BENCH_LATENCY_ONLY, "not with --images (it measures end to end with ONNX Runtime)")
+        return _bench_images(args)
+    _refuse_given(args, _BENCH_IMAGES_ONLY, "only with --images")
+    return _bench_latency(args)
 
 
 def _bench_images(args: argparse.Namespace) -> int:
     from .bench import bench_images_many
 
-    rows = bench_images_many(args.models, args.images, workers=args.workers, limit=args.limit,
-                             optimize=not args.no_optimize, **_given(batches=args.batch, threads=args.threads))
+    rows = bench_images_many(args.models, args.images, limit=args.limit, optimize=not args.no_optimize,
+                             **_given(batches=args.batch, threads=args.threads, workers=args.workers))
     _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
     if args.json:
         _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
@@ -880,10 +894,10 @@ def _bench_latency(args: argparse.Namespace) -> int:
     from .bench import bench, p50_ratios, plot
 
     with Bar("bench", args.quiet or args.json, unit="run") as bar:
-        result = bench(args.models, runs=args.runs, warmup=args.warmup, backend=args.backend,
-                       precision=args.precision, ort_defaults=args.ort_defaults,
-                       mode="interleaved" if args.interleaved else "blocked", block=args.block,
-                       optimize=not args.no_optimize, progress=bar, **_given(batches=args.batch, threads=args.threads))
+        result = bench(args.models, precision=args.precision, ort_defaults=args.ort_defaults,
+                       mode="interleaved" if args.interleaved else "blocked", optimize=not args.no_optimize,
+                       progress=bar, **_given(batches=args.batch, threads=args.threads, runs=args.runs,
+                                              warmup=args.warmup, backend=args.backend, block=args.block))
     _untrained_notice("bench", result["untrained"], args.quiet)
     rows, env = result["rows"], result["env"]
     if args.plot:
@@ -916,27 +930,31 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.description = ("Loads every model, warms up, then times them in turn, in blocks of consecutive runs "
                      "per model (--interleaved: one run each, A B A B ...), so ratios hold on a noisy machine. "
                      "With --images: decode + preprocess + inference end to end for each model and --batch "
-                     "size, passes interleaved.")
+                     "size, passes interleaved (--workers and --limit apply to it alone; the options of the "
+                     "latency runs are refused with it).")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list,
                    help=f"comma list, e.g. 1,8 (default {BENCH_BATCHES[0]}; {BENCH_IMAGE_BATCHES[0]} with --images)")
     p.add_argument("--threads", type=_int_list,
                    help=f"comma list, e.g. 1,2 (default {','.join(map(str, BENCH_THREADS))})")
-    p.add_argument("--runs", type=_positive_int, default=BENCH_RUNS, help="timed runs per model and configuration")
-    p.add_argument("--warmup", type=int, default=BENCH_WARMUP, help="untimed runs per model first")
-    p.add_argument("--backend", choices=BENCH_BACKENDS, default=BENCH_BACKENDS[0],
-                   help="inference engine (openvino needs the extra)")
+    # the latency options' parser defaults are None, so one given with --images is refused; the
+    # defaults shown are bench's (options.BENCH_*)
+    p.add_argument("--runs", type=_positive_int, help=f"timed runs per model and configuration (default {BENCH_RUNS})")
+    p.add_argument("--warmup", type=int, help=f"untimed runs per model first (default {BENCH_WARMUP})")
+    p.add_argument("--backend", choices=BENCH_BACKENDS,
+                   help=f"inference engine (openvino needs the extra; default {BENCH_BACKENDS[0]})")
     p.add_argument("--precision", choices=BENCH_PRECISIONS,
-                   help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
+                   help="with --backend openvino: its INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
     p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
-    p.add_argument("--block", type=_positive_int, default=BENCH_BLOCK,
-                   help="consecutive runs of one model per round (weights stay in cache, as in deployment)")
+    p.add_argument("--block", type=_positive_int,
+                   help=f"consecutive runs of one model per round (weights stay in cache, as in deployment; "
+                        f"default {BENCH_BLOCK})")
     p.add_argument("--interleaved", action="store_true",
                    help="one run of each model in turn instead of blocks (evicts each model's weights)")
     p.add_argument("--no-optimize", action="store_true",
                    help="run the graphs as given, without the runtime's exact load-time rewrites")
     p.add_argument("--images", help="measure end to end over this image folder")
-    p.add_argument("--workers", type=_positive_int, default=BENCH_IMAGE_WORKERS, help="decode threads for --images")
+    p.add_argument("--workers", type=_positive_int, help=f"decode threads for --images (default {BENCH_IMAGE_WORKERS})")
     p.add_argument("--limit", type=_positive_int, help="at most N images for --images")
     p.add_argument("--plot", help="PNG of the sorted latencies per configuration")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
