@@ -97,34 +97,27 @@ def _refuse_given(args: argparse.Namespace, names: Sequence[str], why: str) -> N
         raise _usage(f"{', '.join(given)}: {why}")
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type, ok: Callable[[float], bool], expected: str):
+    """``text`` as ``kind`` when ``ok`` holds for it; otherwise argparse's one-line usage error."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _number(text, float, lambda v: v > 0, "a positive number")
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
-    return value
+    return _number(text, int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
