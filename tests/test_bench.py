@@ -159,3 +159,14 @@ def test_precision_is_openvino_only(models):
         bench(models[1:], runs=1, warmup=0, precision="bf16")
     with pytest.raises(BenchError, match="backend openvino only"):
         bench(models[1:], runs=1, warmup=0, backend="openvino", precision="fp8")
+
+
+def test_a_fixed_batch_model_is_refused_before_anything_runs(models, tmp_path):
+    """A batch that a fixed-batch model cannot run is refused up front, not after the models
+    before it were loaded and timed."""
+    fixed = tmp_path / "b1.onnx"
+    save_model(export_onnx("shufflenet_v2_x0_5", weights="random:0", input_size=32, batch=1), fixed)
+    reports = []
+    with pytest.raises(BenchError, match="fixed batch 1, cannot run batch 2"):
+        bench([models[1], str(fixed)], batches=(1, 2), runs=1, warmup=0, progress=lambda d, t: reports.append(d))
+    assert reports == []

@@ -148,6 +148,11 @@ def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, thread
                  ort_defaults, optimize, mode)
     protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
               for m in models]
+    for _, proto in protos:  # before any model is loaded and timed
+        fixed = fixed_batch(proto)
+        if fixed and any(b != fixed for b in batches):
+            raise BenchError(f"{proto.graph.name}: fixed batch {fixed}, cannot run batch "
+                             f"{next(b for b in batches if b != fixed)}")
     rng = np.random.default_rng(0)
     rows = [row for t in threads for b in batches for row in _bench_config(protos, t, b, plan, rng, progress)]
     return {"rows": rows, "env": _env(plan), "untrained": [str(name) for name, proto in protos if is_untrained(proto)]}
@@ -163,9 +168,6 @@ def _bench_config(protos: list, threads: int, batch: int, plan: _Plan, rng: np.r
         t0 = time.perf_counter()
         r = _Runner(proto, plan.backend, threads, plan.precision, plan.ort_defaults, plan.optimize)
         load = (time.perf_counter() - t0) * 1e3
-        fixed = fixed_batch(proto)
-        if fixed and fixed != batch:
-            raise BenchError(f"{proto.graph.name}: fixed batch {fixed}, cannot run batch {batch}")
         x = rng.standard_normal(input_shape(proto, batch)).astype(np.float32)
         for _ in range(max(plan.warmup, 1)):
             r.run(x)
