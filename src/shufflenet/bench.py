@@ -148,10 +148,10 @@ def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, thread
                  ort_defaults, optimize, mode)
     protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
               for m in models]
-    for _, proto in protos:  # before any model is loaded and timed
+    for name, proto in protos:  # before any model is loaded and timed
         fixed = fixed_batch(proto)
         if fixed and any(b != fixed for b in batches):
-            raise BenchError(f"{proto.graph.name}: fixed batch {fixed}, cannot run batch "
+            raise BenchError(f"{name}: fixed batch {fixed}, cannot run batch "
                              f"{next(b for b in batches if b != fixed)}")
     rng = np.random.default_rng(0)
     rows = [row for t in threads for b in batches for row in _bench_config(protos, t, b, plan, rng, progress)]
