@@ -89,6 +89,7 @@ def test_end_to_end_images(models, tmp_path):
     res = bench_images(models[1], tmp_path, batch=4, workers=2, repeat=1)
     assert res["images"] == 6 and len(res["predictions"]) == 6 and res["images_per_s"] > 0
     assert set(res["stage_seconds"]) == {"decode", "preprocess", "inference"}
+    assert res["threads"] == 1  # as `shufflenet bench --images` and the latency bench: one thread unless asked
 
 
 def test_openvino_backend_when_installed(models):
@@ -136,3 +137,36 @@ def test_end_to_end_every_thread_count(models, tmp_path, capsys):
     assert [(r["threads"], r["batch"]) for r in rows] == [(1, 2), (2, 2)]
     assert main(["bench", models[1], "--threads", "1,2", "--images", str(tmp_path), "--json"]) == 0
     assert [(d["threads"], d["batch"]) for d in json.loads(capsys.readouterr().out)] == [(1, 8), (2, 8)]
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--images", "IMGS", "--runs", "5", "--interleaved"], "--runs, --interleaved: not with --images"),
+    (["--images", "IMGS", "--backend", "openvino"], "--backend: not with --images"),
+    (["--workers", "3", "--limit", "2"], "--workers, --limit: only with --images"),
+])
+def test_options_of_the_other_measurement_are_refused(models, tmp_path, capsys, argv, refused):
+    """An option that the chosen measurement would not read is an error (one line, exit 2),
+    not silently ignored (as --address without --engine ray)."""
+    argv = [str(tmp_path) if a == "IMGS" else a for a in argv]
+    assert main(["bench", models[1], *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"shufflenet bench: error: {refused}" + (
+        " (it measures end to end with ONNX Runtime)" if "not with" in refused else "")
+
+
+def test_precision_is_openvino_only(models):
+    with pytest.raises(BenchError, match="backend openvino only"):
+        bench(models[1:], runs=1, warmup=0, precision="bf16")
+    with pytest.raises(BenchError, match="backend openvino only"):
+        bench(models[1:], runs=1, warmup=0, backend="openvino", precision="fp8")
+
+
+def test_a_fixed_batch_model_is_refused_before_anything_runs(models, tmp_path):
+    """A batch that a fixed-batch model cannot run is refused up front, not after the models
+    before it were loaded and timed."""
+    fixed = tmp_path / "b1.onnx"
+    save_model(export_onnx("shufflenet_v2_x0_5", weights="random:0", input_size=32, batch=1), fixed)
+    reports = []
+    with pytest.raises(BenchError, match="fixed batch 1, cannot run batch 2"):
+        bench([models[1], str(fixed)], batches=(1, 2), runs=1, warmup=0, progress=lambda d, t: reports.append(d))
+    assert reports == []

@@ -64,6 +64,16 @@ def test_classify_with_nothing_usable_exits_2(tmp_path, capsys):
     assert main(["classify", str(tmp_path / "none.jpg"), "--model", "shufflenet_v2_x0_5:random"]) == 2
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_serve_port_out_of_range_is_a_usage_error(port, capsys):
+    """A port the socket cannot take is refused by the parser (one line, exit 2), not a traceback
+    from bind() once the models are loaded."""
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", "m.onnx", "--port", port])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--port: expected a port number from 0 to 65535" in err and "Traceback" not in err
+
+
 def test_train_help_shows_trainconfig_defaults():
     """train's parser defaults are None (a resume keeps the run's settings); its help states
     TrainConfig's defaults, which must be the current ones."""

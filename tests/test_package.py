@@ -109,9 +109,42 @@ def test_command_help_loads_no_onnx_numpy_or_pillow():
 def test_options_are_plain_python():
     """shufflenet.options (choices and defaults for the library and the CLI) imports nothing heavy."""
     code = ("import sys, shufflenet.options\n"
-            "print(sorted(m for m in ('onnx', 'numpy', 'PIL', 'onnxruntime', 'torch', 'tqdm') if m in sys.modules))\n")
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_options_defaults_are_among_their_choices():
+    """A default written in options beside its choice list is one of them (a typo there would be
+    shown in --help and only fail when used)."""
+    from shufflenet import options as o
+    from shufflenet.specs import get_spec
+
+    assert o.QUANTIZE_DEFAULTS["format"] in o.QUANTIZE_FORMATS
+    assert o.QUANTIZE_DEFAULTS["calib_method"] == o.CALIB_METHODS[0]  # the one tuning tries first
+    assert o.TRAIN_DEFAULTS["optimizer"] in o.OPTIMIZERS and o.TRAIN_DEFAULTS["amp"] in o.AMP_MODES
+    assert o.DEMO_DEFAULTS["difficulty"] in o.DEMO_DIFFICULTIES
+    assert 2 <= o.DEMO_DEFAULTS["classes"] <= len(o.DEMO_CLASSES) == len(set(o.DEMO_CLASSES))
+    assert o.MIN_OPSET <= o.DEFAULT_OPSET and o.INPUT_SIZES[0] < o.INPUT_SIZES[1]
+    assert o.BENCH_BACKENDS[0] == "onnxruntime" and o.ENGINES[0] == "local"  # the base install's
+    for name in (o.DEFAULT_MODEL, o.TRAIN_DEFAULTS["variant"]):
+        get_spec(name)  # a registered variant
+
+
+def test_every_option_is_read_by_the_library_or_the_cli():
+    """options holds shared choices and defaults only: every name it exports is read by another
+    module, and it exports every constant it defines."""
+    import re
+    from pathlib import Path
+
+    from shufflenet import options
+
+    defined = {n for n in vars(options) if n.isupper()}
+    assert set(options.__all__) == defined
+    src = Path(options.__file__).parent
+    text = "\n".join(p.read_text() for p in src.glob("*.py") if p.name != "options.py")
+    unread = sorted(n for n in defined if not re.search(rf"\b{n}\b", text))
+    assert not unread, unread
 
 
 def test_classify_threads_policy():

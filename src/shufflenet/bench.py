@@ -27,7 +27,7 @@ import onnx
 from ._onnx import fixed_batch, input_names, input_shape, ort_session as _new_session
 from .errors import ShuffleNetError, install_hint
 from .options import (BENCH_BACKENDS as BACKENDS, BENCH_BATCHES, BENCH_BLOCK as BLOCK, BENCH_IMAGE_BATCHES,
-                      BENCH_IMAGE_WORKERS, BENCH_MODES as MODES, BENCH_RUNS, BENCH_THREADS, BENCH_WARMUP)
+                      BENCH_IMAGE_WORKERS, BENCH_MODES as MODES, BENCH_PRECISIONS, BENCH_RUNS, BENCH_THREADS, BENCH_WARMUP)
 from .runtime import is_untrained, resolve_model
 
 __all__ = ["BenchError", "BenchRow", "bench", "bench_images", "bench_images_many", "p50_ratios", "ort_session",
@@ -139,12 +139,20 @@ def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, thread
         raise BenchError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if mode not in MODES:
         raise BenchError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if precision is not None and (backend != "openvino" or precision not in BENCH_PRECISIONS):
+        raise BenchError(f"precision is OpenVINO's hint ({', '.join(BENCH_PRECISIONS)}), for backend openvino only; "
+                         f"got {precision!r} with {backend}")
     if runs < 1 or warmup < 0 or block < 1:
         raise BenchError("runs and block must be positive and warmup non-negative")
     plan = _Plan(runs, warmup, 1 if mode == "interleaved" else min(block, runs), backend, precision,
                  ort_defaults, optimize, mode)
     protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
               for m in models]
+    for name, proto in protos:  # before any model is loaded and timed
+        fixed = fixed_batch(proto)
+        if fixed and any(b != fixed for b in batches):
+            raise BenchError(f"{name}: fixed batch {fixed}, cannot run batch "
+                             f"{next(b for b in batches if b != fixed)}")
     rng = np.random.default_rng(0)
     rows = [row for t in threads for b in batches for row in _bench_config(protos, t, b, plan, rng, progress)]
     return {"rows": rows, "env": _env(plan), "untrained": [str(name) for name, proto in protos if is_untrained(proto)]}
@@ -160,9 +168,6 @@ def _bench_config(protos: list, threads: int, batch: int, plan: _Plan, rng: np.r
         t0 = time.perf_counter()
         r = _Runner(proto, plan.backend, threads, plan.precision, plan.ort_defaults, plan.optimize)
         load = (time.perf_counter() - t0) * 1e3
-        fixed = fixed_batch(proto)
-        if fixed and fixed != batch:
-            raise BenchError(f"{proto.graph.name}: fixed batch {fixed}, cannot run batch {batch}")
         x = rng.standard_normal(input_shape(proto, batch)).astype(np.float32)
         for _ in range(max(plan.warmup, 1)):
             r.run(x)
@@ -234,17 +239,18 @@ def _cpu_name() -> str:
 
 
 def bench_images(model: str, images: str | os.PathLike, *, batch: int = BENCH_IMAGE_BATCHES[0],
-                 workers: int = BENCH_IMAGE_WORKERS, threads: int | None = None, limit: int | None = None,
+                 workers: int = BENCH_IMAGE_WORKERS, threads: int | None = BENCH_THREADS[0], limit: int | None = None,
                  repeat: int = 2, optimize: bool = True) -> dict:
     """End to end over an image folder with ``classify``'s pipeline (decode + preprocess on
     ``workers`` threads, overlapped with batched inference): images/s, best of ``repeat``, and
-    where the time goes (stage seconds, decode and preprocess summed over workers)."""
+    where the time goes (stage seconds, decode and preprocess summed over workers). ``threads``:
+    intra-op threads per session, one unless asked as for :func:`bench` (None: ONNX Runtime's)."""
     return bench_images_many([model], images, batches=(batch,), workers=workers, threads=threads,
                              limit=limit, repeat=repeat, optimize=optimize)[0]
 
 
 def bench_images_many(models: list, images: str | os.PathLike, *, batches: tuple[int, ...] = BENCH_IMAGE_BATCHES,
-                      workers: int = BENCH_IMAGE_WORKERS, threads: int | None | Sequence[int | None] = None,
+                      workers: int = BENCH_IMAGE_WORKERS, threads: int | None | Sequence[int | None] = BENCH_THREADS,
                       limit: int | None = None, repeat: int = 2, optimize: bool = True) -> list[dict]:
     """:func:`bench_images` for every model and batch size (and every thread count when
     ``threads`` is a sequence), interleaved: each round passes over the folder once per model in

@@ -20,7 +20,7 @@ from ._io import one_line
 from ._progress import Bar
 from .errors import ShuffleNetError
 from .options import (
-    AMP_MODES, BENCH_BACKENDS, BENCH_BLOCK, BENCH_IMAGE_BATCHES, BENCH_IMAGE_WORKERS, BENCH_PRECISIONS, BENCH_RUNS,
+    AMP_MODES, BENCH_BACKENDS, BENCH_BATCHES, BENCH_BLOCK, BENCH_IMAGE_BATCHES, BENCH_IMAGE_WORKERS, BENCH_PRECISIONS, BENCH_RUNS,
     BENCH_THREADS, BENCH_WARMUP, CALIB_METHODS, CLASSIFY_BATCH_SIZE, CLASSIFY_TOP, DEFAULT_MODEL, DEFAULT_OPSET,
     DEMO_CLASSES, DEMO_DEFAULTS, DEMO_DIFFICULTIES, ENGINES, EXPORT_VIAS, INPUT_SIZES, MIN_OPSET, OPTIMIZERS, PAD_MULTIPLE,
     QUANTIZE_DEFAULTS, QUANTIZE_FORMATS, RESIZE_MODES, SERVE_DEFAULTS, SERVE_HOST, SERVE_PORT, TRAIN_DEFAULTS,
@@ -89,24 +89,35 @@ def _given(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _positive_int(text: str) -> int:
+def _refuse_given(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
+    """Options given where they do not apply are an error, not silently ignored (their parser
+    defaults are None or False, so a given one is told apart)."""
+    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise _usage(f"{', '.join(given)}: {why}")
+
+
+def _number(text: str, kind: type, ok: Callable[[float], bool], expected: str):
+    """``text`` as ``kind`` when ``ok`` holds for it; otherwise argparse's one-line usage error."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return _number(text, float, lambda v: v > 0, "a positive number")
+
+
+def _port(text: str) -> int:
+    return _number(text, int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -275,11 +286,8 @@ def _args_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _check_engine(args: argparse.Namespace, ray_only: Sequence[str]) -> None:
-    """Options of the ray engine given without it are an error, not silently ignored."""
     if args.engine != "ray":
-        given = [f"--{name.replace('_', '-')}" for name in ray_only if getattr(args, name, None) is not None]
-        if given:
-            raise _usage(f"{', '.join(given)}: only with --engine ray")
+        _refuse_given(args, ray_only, "only with --engine ray")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -838,15 +846,24 @@ def _args_zoo(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- bench
 
 
+#: bench's options that only the latency measurement reads, and those only --images reads
+_BENCH_LATENCY_ONLY = ("runs", "warmup", "backend", "precision", "ort_defaults", "block", "interleaved", "plot")
+_BENCH_IMAGES_ONLY = ("workers", "limit")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    return _bench_images(args) if args.images else _bench_latency(args)
+    if args.images:
+        _refuse_given(args, _BENCH_LATENCY_ONLY, "not with --images (it measures end to end with ONNX Runtime)")
+        return _bench_images(args)
+    _refuse_given(args, _BENCH_IMAGES_ONLY, "only with --images")
+    return _bench_latency(args)
 
 
 def _bench_images(args: argparse.Namespace) -> int:
     from .bench import bench_images_many
 
-    rows = bench_images_many(args.models, args.images, workers=args.workers, threads=args.threads or BENCH_THREADS,
-                             limit=args.limit, optimize=not args.no_optimize, **_given(batches=args.batch))
+    rows = bench_images_many(args.models, args.images, limit=args.limit, optimize=not args.no_optimize,
+                             **_given(batches=args.batch, threads=args.threads, workers=args.workers))
     _untrained_notice("bench", list(dict.fromkeys(r["model"] for r in rows if r["untrained"])), args.quiet)
     if args.json:
         _print_json([{k: v for k, v in r.items() if k not in ("predictions", "files")} for r in rows])
@@ -870,10 +887,10 @@ def _bench_latency(args: argparse.Namespace) -> int:
     from .bench import bench, p50_ratios, plot
 
     with Bar("bench", args.quiet or args.json, unit="run") as bar:
-        result = bench(args.models, runs=args.runs, warmup=args.warmup, backend=args.backend,
-                       precision=args.precision, ort_defaults=args.ort_defaults,
-                       mode="interleaved" if args.interleaved else "blocked", block=args.block,
-                       optimize=not args.no_optimize, progress=bar, **_given(batches=args.batch, threads=args.threads))
+        result = bench(args.models, precision=args.precision, ort_defaults=args.ort_defaults,
+                       mode="interleaved" if args.interleaved else "blocked", optimize=not args.no_optimize,
+                       progress=bar, **_given(batches=args.batch, threads=args.threads, runs=args.runs,
+                                              warmup=args.warmup, backend=args.backend, block=args.block))
     _untrained_notice("bench", result["untrained"], args.quiet)
     rows, env = result["rows"], result["env"]
     if args.plot:
@@ -906,27 +923,31 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.description = ("Loads every model, warms up, then times them in turn, in blocks of consecutive runs "
                      "per model (--interleaved: one run each, A B A B ...), so ratios hold on a noisy machine. "
                      "With --images: decode + preprocess + inference end to end for each model and --batch "
-                     "size, passes interleaved.")
+                     "size, passes interleaved (--workers and --limit apply to it alone; the options of the "
+                     "latency runs are refused with it).")
     p.add_argument("models", nargs="+", help="paths, zoo names or VARIANT:random")
     p.add_argument("--batch", type=_int_list,
-                   help=f"comma list, e.g. 1,8 (default 1; {BENCH_IMAGE_BATCHES[0]} with --images)")
+                   help=f"comma list, e.g. 1,8 (default {BENCH_BATCHES[0]}; {BENCH_IMAGE_BATCHES[0]} with --images)")
     p.add_argument("--threads", type=_int_list,
                    help=f"comma list, e.g. 1,2 (default {','.join(map(str, BENCH_THREADS))})")
-    p.add_argument("--runs", type=_positive_int, default=BENCH_RUNS, help="timed runs per model and configuration")
-    p.add_argument("--warmup", type=int, default=BENCH_WARMUP, help="untimed runs per model first")
-    p.add_argument("--backend", choices=BENCH_BACKENDS, default=BENCH_BACKENDS[0],
-                   help="inference engine (openvino needs the extra)")
+    # the latency options' parser defaults are None, so one given with --images is refused; the
+    # defaults shown are bench's (options.BENCH_*)
+    p.add_argument("--runs", type=_positive_int, help=f"timed runs per model and configuration (default {BENCH_RUNS})")
+    p.add_argument("--warmup", type=int, help=f"untimed runs per model first (default {BENCH_WARMUP})")
+    p.add_argument("--backend", choices=BENCH_BACKENDS,
+                   help=f"inference engine (openvino needs the extra; default {BENCH_BACKENDS[0]})")
     p.add_argument("--precision", choices=BENCH_PRECISIONS,
-                   help="OpenVINO INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
+                   help="with --backend openvino: its INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
     p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
-    p.add_argument("--block", type=_positive_int, default=BENCH_BLOCK,
-                   help="consecutive runs of one model per round (weights stay in cache, as in deployment)")
+    p.add_argument("--block", type=_positive_int,
+                   help=f"consecutive runs of one model per round (weights stay in cache, as in deployment; "
+                        f"default {BENCH_BLOCK})")
     p.add_argument("--interleaved", action="store_true",
                    help="one run of each model in turn instead of blocks (evicts each model's weights)")
     p.add_argument("--no-optimize", action="store_true",
                    help="run the graphs as given, without the runtime's exact load-time rewrites")
     p.add_argument("--images", help="measure end to end over this image folder")
-    p.add_argument("--workers", type=_positive_int, default=BENCH_IMAGE_WORKERS, help="decode threads for --images")
+    p.add_argument("--workers", type=_positive_int, help=f"decode threads for --images (default {BENCH_IMAGE_WORKERS})")
     p.add_argument("--limit", type=_positive_int, help="at most N images for --images")
     p.add_argument("--plot", help="PNG of the sorted latencies per configuration")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notices on stderr")
@@ -958,7 +979,7 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
                    help="a .onnx path, .tar.gz, zoo artifact, variant or VARIANT:random[:SEED], optionally "
                         "NAME=MODEL; repeat for several. URL name: NAME, else the file stem, else as given")
     p.add_argument("--host", default=SERVE_HOST, help="address to listen on")
-    p.add_argument("--port", type=int, default=SERVE_PORT, help="port; 0 takes a free one")
+    p.add_argument("--port", type=_port, default=SERVE_PORT, help="port; 0 takes a free one")
     p.add_argument("--max-batch", type=_positive_int, default=s["max_batch"], help="rows per model run")
     p.add_argument("--max-delay-ms", type=float, default=s["max_delay_ms"],
                    help="how long a batch's first request waits for more")
