@@ -172,7 +172,13 @@ def _random_resized_crop(img, rng: np.random.Generator, size: int, min_scale: fl
 
 
 def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
+    """(epoch, index) -> (image, label, why unreadable): a training image is a seeded random
+    crop and flip at ``img_size``, an evaluation image ``recipe``'s centre crop."""
     import torch
+
+    # built once, not per image: a random crop is already img_size square, so only the
+    # normalisation of the recipe remains for it
+    final = Preprocess(resize=cfg.img_size, crop=cfg.img_size, mean=recipe.mean, std=recipe.std) if train else recipe
 
     class _Data(torch.utils.data.Dataset):
         def __len__(self):
@@ -182,8 +188,7 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
             try:
                 return self._item(key)
             except ShuffleNetError as e:  # a corrupt image: zeros, dropped from the batch by the step
-                size = cfg.img_size if train else recipe.crop
-                return torch.zeros(3, size, size), samples[key[1]][1], one_line(e)
+                return torch.zeros(3, final.crop, final.crop), samples[key[1]][1], one_line(e)
 
         def _item(self, key):
             epoch, index = key
@@ -194,11 +199,7 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
                 img = _random_resized_crop(img, rng, cfg.img_size, cfg.min_scale)
                 if rng.uniform() < 0.5:
                     img = img.transpose(0)  # FLIP_LEFT_RIGHT
-                x = preprocess_pil(img, Preprocess(resize=cfg.img_size, crop=cfg.img_size,
-                                                   mean=recipe.mean, std=recipe.std))
-            else:
-                x = preprocess_pil(img, recipe)
-            return torch.from_numpy(x[0]), label, ""
+            return torch.from_numpy(preprocess_pil(img, final)[0]), label, ""
 
     return _Data()
 
