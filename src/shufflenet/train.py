@@ -300,10 +300,6 @@ def _optimizer(model, cfg: TrainConfig):
     return base_lr, opt
 
 
-def _logits_name(graph) -> str:
-    return graph.head.output
-
-
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -457,17 +453,20 @@ class _Run:
         self.model = ShuffleNet(graph, variant=self.spec.name)
         weights, self.init_source = _initial_weights(self.cfg, len(self.classes))
         self.model.load_numpy(weights)
-        self.logits_name = _logits_name(graph)
+        self.logits_name = graph.head.output
         self.head_params = {graph.head.params[r] for r in ("weight", "bias")}
         self.base_lr, self.opt = _optimizer(self.model, self.cfg)
         self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}
                     if self.cfg.ema else None)
 
     def restore_or_start(self) -> None:
-        """Resuming: the model, optimizer, EMA, position and history from the checkpoint. A new
-        run: the run folder with config.json and classes.json."""
-        ckpt = self.ckpt
+        """Resuming: the model, optimizer, EMA, position, history, skipped images and the
+        interrupted epoch's statistics from the checkpoint (not kept afterwards: its tensors are
+        copied in). A new run: the run folder with config.json and classes.json."""
+        ckpt, self.ckpt = self.ckpt, None
         self.history: list[dict] = []
+        self.skipped: dict[str, str] = {}
+        self.resumed_stats: dict | None = None
         self.start_epoch, self.start_step, self.global_step, self.best = 0, 0, 0, None
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
@@ -479,6 +478,8 @@ class _Run:
             self.history = json.loads(ckpt["history"])
             best = ckpt.get("best")
             self.best = None if best is None else float(best)
+            self.skipped = json.loads(ckpt.get("skipped", "{}"))
+            self.resumed_stats = json.loads(ckpt.get("epoch_stats", "null"))
         elif self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             config, classes = asdict(self.cfg), self.classes
@@ -505,9 +506,6 @@ class _Run:
                    stop_after_steps: int | None) -> bool:
         """The epochs from the start position; whether the run was interrupted (its checkpoint
         then stands at a step boundary)."""
-        ckpt = self.ckpt
-        self.skipped: dict[str, str] = json.loads(ckpt.get("skipped", "{}")) if ckpt is not None else {}
-        self.resumed_stats = json.loads(ckpt.get("epoch_stats", "null")) if ckpt is not None else None
         self.stats: dict = {}
         interrupts = _Interrupts(self.dist)
         epoch = self.start_epoch
