@@ -195,3 +195,26 @@ def test_a_run_with_optional_settings_off_resumes_from_its_folder(tiny, tmp_path
     train(cfg, stop_after_steps=2)
     result = resume(run)
     assert result.epochs_done == 2 and not result.interrupted
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("epochs", 0), ("batch_size", "8"), ("lr", -1.0), ("lr", float("nan")), ("weight_decay", -1e-4),
+    ("warmup_epochs", float("inf")), ("label_smoothing", 5.0), ("grad_clip", -1.0), ("ema", 2.0),
+    ("freeze_backbone_epochs", -1), ("workers", -1), ("seed", -1), ("val_fraction", 2.0),
+    ("min_scale", 2.0), ("threads", 0), ("amp", "fp16"), ("optimizer", "rmsprop"), ("variant", None),
+])
+def test_every_option_is_checked_before_the_run_starts(tiny, tmp_path, field, bad):
+    """A bad option is one TrainError naming it, before the run folder is made (torch, numpy and
+    the DataLoader would each fail mid-run with their own traceback, or train on nonsense)."""
+    cfg = TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, threads=1)
+    setattr(cfg, field, bad)
+    with pytest.raises(TrainError, match=field) as e:
+        train(cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_cli_refuses_a_bad_option_in_one_line(tiny, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r"), "--workers", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "shufflenet train: error: workers must be an integer >= 0, got -1"]

@@ -310,10 +310,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def _amp_dtype(mode: str):
     import torch
 
-    if mode == "off":
+    if mode == "off":  # the mode is one of AMP_MODES (_check_config)
         return None
-    if mode not in AMP_MODES:
-        raise TrainError(f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {mode!r}")
     supported = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AVX512_BF16", "AMX")
     if mode == "bf16" or supported:
         return torch.bfloat16
@@ -368,16 +366,45 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     return run.finish(interrupted)
 
 
-def _check_config(cfg: TrainConfig) -> None:
-    """The options that are checked before any data is read."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise TrainError("epochs and batch_size must be positive")
+#: each numeric option's valid values: (test, how the error states them); a None that the
+#: field's annotation allows (off, or the default) is never tested. NaN fails every test.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "lr": (lambda v: 0 < v < math.inf, "a positive number"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
+    "warmup_epochs": (lambda v: 0 <= v < math.inf, "a number of epochs >= 0"),
+    "label_smoothing": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 or None: off)"),
+    "ema": (lambda v: 0 <= v < 1, "from 0 to below 1 (0 or None: off)"),
+    "freeze_backbone_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "workers": (lambda v: v >= 0, "an integer >= 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "val_fraction": (lambda v: 0 <= v < 1, "from 0 to below 1"),
+    "min_scale": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "threads": (lambda v: v >= 1, "a positive integer (or None: torch's default)"),
+}
+
+
+def _check_config(cfg: TrainConfig, where: str = "") -> None:
+    """Every option, before any data is read or torch is set up: its type (the field's
+    annotation), then its range or choices; ``where`` names a saved config. A bad value is one
+    line here, never a torch or numpy error mid-run."""
+    at = f"{where}: " if where else ""
     size = cfg.img_size
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                             or not _MIN_IMG_SIZE <= size <= _MAX_IMG_SIZE):
-        raise TrainError(f"img_size must be from {_MIN_IMG_SIZE} to {_MAX_IMG_SIZE}, got {size!r}")
+    if size is not None and not (_of_type(size, "int") and _MIN_IMG_SIZE <= size <= _MAX_IMG_SIZE):
+        raise TrainError(f"{at}img_size must be from {_MIN_IMG_SIZE} to {_MAX_IMG_SIZE}, got {size!r}")
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if not _of_type(value, str(f.type)):
+            raise TrainError(f"{at}{f.name} is {value!r}, which is not a valid value")
+        test, valid = _RANGES.get(f.name, (None, ""))
+        if test is not None and value is not None and not test(value):
+            raise TrainError(f"{at}{f.name} must be {valid}, got {value!r}")
     if cfg.optimizer not in OPTIMIZERS:
-        raise TrainError(f"optimizer must be {' or '.join(sorted(OPTIMIZERS))}, got {cfg.optimizer!r}")
+        raise TrainError(f"{at}optimizer must be {' or '.join(sorted(OPTIMIZERS))}, got {cfg.optimizer!r}")
+    if cfg.amp not in AMP_MODES:
+        raise TrainError(f"{at}amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {cfg.amp!r}")
 
 
 class _Run:
@@ -398,15 +425,15 @@ class _Run:
         # absolute paths in config.json: `--resume RUN` works from any working directory
         cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()))
         self.out = Path(cfg.out)
+        _check_config(cfg)
+        self.spec = get_spec(cfg.variant)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        _check_config(cfg)
         self.classes, self.train_set, self.val_set = find_images(cfg.data, val_fraction=cfg.val_fraction,
                                                                  seed=cfg.seed)
         if cfg.img_size is None:  # resolved once and stored in config.json: a resume reads the same
             cfg = replace(cfg, img_size=default_img_size(self.train_set))
-        self.spec = get_spec(cfg.variant)
         self.recipe = Preprocess(resize=int(round(cfg.img_size / 0.875)), crop=cfg.img_size,
                                  mean=self.spec.preprocess.mean, std=self.spec.preprocess.std)
         self.ckpt_path = self.out / "checkpoint.pt"
@@ -434,9 +461,8 @@ class _Run:
             raise TrainError(f"{self.ckpt_path}: not a usable checkpoint (its config is not a JSON object)")
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)
         saved["out"] = cfg.out  # the folder resumed from, wherever it has moved
-        restored = _typed_config(saved, f"{self.ckpt_path} (saved config)")
-        _check_config(restored)  # what a new run is checked for, the saved settings are too
-        return ckpt, restored
+        # what a new run is checked for, the saved settings are too
+        return ckpt, _typed_config(saved, f"{self.ckpt_path} (saved config)")
 
     def _check_new_folder(self) -> None:
         out = self.out
@@ -657,8 +683,8 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Calla
 
 
 def _config_from_file(path: Path) -> TrainConfig:
-    """A run's config.json, each field checked against the type of its default (never a
-    TypeError or AttributeError later, on a malformed file)."""
+    """A run's config.json, checked as a new run's options are (never a TypeError or
+    AttributeError later, on a malformed file)."""
     from ._safeio import json_loads, read_text
 
     raw = json_loads(read_text(path, TrainError, "run config"), TrainError, str(path))
@@ -680,15 +706,13 @@ def _of_type(value, annotation: str) -> bool:
 
 
 def _typed_config(raw: dict, where: str) -> TrainConfig:
-    """A TrainConfig from a saved mapping (config.json, a checkpoint's copy), each field checked
-    against its annotation (``int | None``: an integer or null): never a TypeError or
-    AttributeError later."""
-    for f in fields(TrainConfig):
-        if f.name in raw and not _of_type(raw[f.name], str(f.type)):
-            raise TrainError(f"{where}: {f.name} is {raw[f.name]!r}, which is not a valid value")
+    """A TrainConfig from a saved mapping (config.json, a checkpoint's copy), checked as a new
+    run's options are (:func:`_check_config`): never a TypeError or AttributeError later."""
     if "data" not in raw:
         raise TrainError(f"{where}: no data folder recorded")
-    return TrainConfig.from_dict(raw)
+    cfg = TrainConfig.from_dict(raw)
+    _check_config(cfg, where)
+    return cfg
 
 
 def _LogitsOnly(model, logits_name):
