@@ -218,3 +218,15 @@ def test_the_cli_refuses_a_bad_option_in_one_line(tiny, tmp_path, capsys):
     assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r"), "--workers", "-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "shufflenet train: error: workers must be an integer >= 0, got -1"]
+
+
+def test_a_resume_takes_every_setting_from_the_checkpoint(tiny, tmp_path):
+    """``train(cfg, resume=True)``: the saved settings replace cfg's before anything is derived
+    from them (the model, the input size): the given variant and img_size do not matter."""
+    cfg = dict(data=str(tiny), epochs=1, batch_size=8, img_size=32, threads=1)
+    train(TrainConfig(out=str(tmp_path / "full"), **cfg))
+    train(TrainConfig(out=str(tmp_path / "cut"), **cfg), stop_after_steps=2)
+    other = dict(cfg, img_size=48, variant="shufflenet_v2_x1_0")
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), **other), resume=True)
+    assert resumed.variant == "shufflenet_v2_x0_5" and not resumed.interrupted
+    assert _same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")

@@ -418,51 +418,55 @@ class _Run:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool) -> None:
-        """Prepare: the process group, the checked options, the data and, when resuming, the
-        checkpoint, whose saved config then replaces ``cfg`` (all but ``epochs`` and ``out``)."""
+        """Prepare: the process group, the checked options, the run folder and the data. When
+        resuming, the checkpoint's saved config replaces ``cfg`` (all but ``data``, ``epochs`` and
+        ``out``) before anything is derived from it: the variant, the split, the input size."""
         torch = import_torch("training")
         self.dist, self.rank, self.world, self.owned_group = _dist()
         # absolute paths in config.json: `--resume RUN` works from any working directory
         cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()))
         self.out = Path(cfg.out)
+        self.ckpt_path = self.out / "checkpoint.pt"
         _check_config(cfg)
+        self.ckpt: dict | None = None
+        saved_classes = None
+        if resume:
+            self.ckpt, saved_classes, cfg = self._read_checkpoint(cfg)
+        else:
+            self._check_new_folder()
         self.spec = get_spec(cfg.variant)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.classes, self.train_set, self.val_set = find_images(cfg.data, val_fraction=cfg.val_fraction,
                                                                  seed=cfg.seed)
+        if saved_classes is not None and saved_classes != self.classes:
+            raise TrainError(f"{cfg.data}: classes differ from the run's {saved_classes}")
         if cfg.img_size is None:  # resolved once and stored in config.json: a resume reads the same
             cfg = replace(cfg, img_size=default_img_size(self.train_set))
         self.recipe = Preprocess(resize=int(round(cfg.img_size / 0.875)), crop=cfg.img_size,
                                  mean=self.spec.preprocess.mean, std=self.spec.preprocess.std)
-        self.ckpt_path = self.out / "checkpoint.pt"
-        self.ckpt: dict | None = None
-        if resume:
-            self.ckpt, cfg = self._read_checkpoint(cfg)
-        else:
-            self._check_new_folder()
         self.cfg = cfg
 
-    def _read_checkpoint(self, cfg: TrainConfig) -> tuple[dict, TrainConfig]:
-        """The checkpoint to resume from and the config it was saved with."""
+    def _read_checkpoint(self, cfg: TrainConfig) -> tuple[dict, list, TrainConfig]:
+        """The checkpoint to resume from, its classes and the config it was saved with (given
+        ``cfg``'s data folder, epochs and run folder)."""
         torch = import_torch("training")
         if not self.ckpt_path.is_file():
             raise TrainError(f"{self.out}: no checkpoint.pt to resume from")
         try:
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
             saved = json.loads(ckpt["config"])
-            json.loads(ckpt["classes"])
+            classes = json.loads(ckpt["classes"])
         except Exception as e:  # torch raises many types for a damaged or foreign file
             raise TrainError(f"{self.ckpt_path}: not a usable checkpoint ({one_line(e, line='first')})") from None
-        if json.loads(ckpt["classes"]) != self.classes:
-            raise TrainError(f"{cfg.data}: classes differ from the run's {json.loads(ckpt['classes'])}")
         if not isinstance(saved, dict):
             raise TrainError(f"{self.ckpt_path}: not a usable checkpoint (its config is not a JSON object)")
+        saved["data"] = cfg.data  # the data folder given, wherever it has moved
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)
         saved["out"] = cfg.out  # the folder resumed from, wherever it has moved
         # what a new run is checked for, the saved settings are too
-        return ckpt, _typed_config(saved, f"{self.ckpt_path} (saved config)")
+        return ckpt, classes, _typed_config(saved, f"{self.ckpt_path} (saved config)")
 
     def _check_new_folder(self) -> None:
         out = self.out
