@@ -220,6 +220,17 @@ def test_the_cli_refuses_a_bad_option_in_one_line(tiny, tmp_path, capsys):
         "shufflenet train: error: workers must be an integer >= 0, got -1"]
 
 
+def test_a_batch_of_one_is_refused_where_batchnorm_would_see_one_value(tiny, tmp_path):
+    """At 32 px the last stage is 1x1: a batch of one image would fail in torch's BatchNorm at
+    the first step. At 64 px (2x2) it trains."""
+    with pytest.raises(TrainError, match="batch_size 1 cannot train shufflenet_v2_x0_5 at img_size 32"):
+        train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, batch_size=1, threads=1))
+    assert not (tmp_path / "r").exists()
+    result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "r64"), img_size=64, batch_size=1, epochs=1,
+                               threads=1, ema=None), stop_after_steps=3)
+    assert result.interrupted and result.epochs_done == 0  # three steps of one image ran
+
+
 def test_a_resume_takes_every_setting_from_the_checkpoint(tiny, tmp_path):
     """``train(cfg, resume=True)``: the saved settings replace cfg's before anything is derived
     from them (the model, the input size): the given variant and img_size do not matter."""

@@ -407,6 +407,21 @@ def _check_config(cfg: TrainConfig, where: str = "") -> None:
         raise TrainError(f"{at}amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {cfg.amp!r}")
 
 
+def _check_batch_of_one(spec, cfg: TrainConfig, n_classes: int) -> None:
+    """A batch of one image trains only where every BatchNorm sees more than one value per
+    channel; at a small ``img_size`` the last stage's maps are 1x1 and torch would fail in the
+    first step (a longer batch's lone last image is skipped instead: :func:`_train_step`)."""
+    if cfg.batch_size > 1:
+        return
+    graph = spec.graph(n_classes)
+    shapes = graph.shapes((cfg.img_size, cfg.img_size))
+    for n in graph.nodes:
+        if n.op == "bn" and math.prod(shapes[n.inputs[0]][1:]) == 1:
+            raise TrainError(f"batch_size 1 cannot train {spec.name} at img_size {cfg.img_size}: BatchNorm "
+                             f"{n.output} would see one value per channel; use a batch of 2 or more, or a "
+                             "larger img_size")
+
+
 class _Run:
     """One training run. :func:`train` calls its phases in order; each sets the fields the later
     ones read: prepare (``__init__``), :meth:`build_model`, :meth:`restore_or_start`,
@@ -446,6 +461,7 @@ class _Run:
             cfg = replace(cfg, img_size=default_img_size(self.train_set))
         self.recipe = Preprocess(resize=int(round(cfg.img_size / 0.875)), crop=cfg.img_size,
                                  mean=self.spec.preprocess.mean, std=self.spec.preprocess.std)
+        _check_batch_of_one(self.spec, cfg, len(self.classes))
         self.cfg = cfg
 
     def _read_checkpoint(self, cfg: TrainConfig) -> tuple[dict, list, TrainConfig]:
