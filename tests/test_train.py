@@ -241,3 +241,12 @@ def test_a_resume_takes_every_setting_from_the_checkpoint(tiny, tmp_path):
     resumed = train(TrainConfig(out=str(tmp_path / "cut"), **other), resume=True)
     assert resumed.variant == "shufflenet_v2_x0_5" and not resumed.interrupted
     assert _same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
+
+
+def test_demo_data_refuses_a_bad_seed_or_split_before_writing(tmp_path):
+    """A negative seed was a numpy traceback after the class folders were made."""
+    for kwargs, why in ((dict(seed=-1), "seed must be >= 0"), (dict(val_fraction=1.5), "val_fraction must be"),
+                        (dict(per_class=2, val_fraction=0.9), "leaves none to train on")):
+        with pytest.raises(DemoDataError, match=why):
+            make_demo_data(tmp_path / "d", **{"classes": 2, "per_class": 3, **kwargs})
+        assert not (tmp_path / "d").exists()
