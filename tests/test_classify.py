@@ -148,17 +148,17 @@ def test_evaluate_image_folder_and_label_file(models, tmp_path):
 
 
 def _unlistable(monkeypatch, folder):
-    """``folder`` cannot be listed (chmod does not stop root, so os.scandir is told to refuse)."""
+    """``folder`` cannot be listed (chmod does not stop root, so os.scandir and os.listdir are told
+    to refuse: Path.iterdir uses the one or the other by Python version)."""
     import os
 
-    real = os.scandir
+    for name in ("scandir", "listdir"):
+        def refuse(path=".", real=getattr(os, name)):
+            if os.fspath(path) == str(folder):
+                raise PermissionError(13, "Permission denied", path)
+            return real(path)
 
-    def scandir(path="."):
-        if os.fspath(path) == str(folder):
-            raise PermissionError(13, "Permission denied", path)
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+        monkeypatch.setattr(os, name, refuse)
 
 
 def test_discover_reports_a_class_folder_it_cannot_list(tmp_path, monkeypatch):

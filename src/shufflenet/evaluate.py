@@ -55,7 +55,10 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
     skipped: list[tuple[str, str]] = []
     if label_file is not None:
         return _from_label_file(root, label_file, labels, skipped), skipped, "label file"
-    subdirs = [root / name for name in class_folders(root)]
+    try:
+        subdirs = [root / name for name in class_folders(root)]
+    except OSError as e:  # as image_files words it: the flat layout's listing would fail the same way
+        raise DatasetError(f"{root}: cannot list folder ({e.strerror or e})") from None
     if subdirs:
         return _from_class_folders(subdirs, labels, skipped), skipped, "image folder"
     samples = _from_wnid_names(root, skipped)
