@@ -147,6 +147,19 @@ def test_evaluate_image_folder_and_label_file(models, tmp_path):
     assert report.layout == "label file" and report.images == 3
 
 
+def test_evaluate_resolves_the_compared_model_before_running_the_first(models, tmp_path, monkeypatch):
+    """A typo in --compare is an error before any image is run, not after the whole evaluation."""
+    import shufflenet.evaluate as emod
+    from shufflenet.errors import ShuffleNetError
+
+    wnids = imagenet_wnids()
+    (tmp_path / wnids[0]).mkdir()
+    synthetic_images(1, seed=3)[0].save(tmp_path / wnids[0] / "a.png")
+    monkeypatch.setattr(emod, "run_files", lambda *a, **k: pytest.fail("ran before the compared model was resolved"))
+    with pytest.raises(ShuffleNetError, match="no_such"):
+        evaluate(str(models["v2"]), tmp_path, compare=str(tmp_path / "no_such.onnx"))
+
+
 def _unlistable(monkeypatch, folder):
     """``folder`` cannot be listed (chmod does not stop root, so os.scandir and os.listdir are told
     to refuse: Path.iterdir uses the one or the other by Python version)."""
