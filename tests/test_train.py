@@ -157,9 +157,11 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tiny, tmp_path):
 def test_an_epoch_ending_in_a_lone_image_trains(tiny, tmp_path):
     """24 training images in batches of 23 leave one image for the epoch's last step: at 32 px
     the last stage's BatchNorm would see one value per channel, so that step is skipped."""
+    losses = []
     result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, batch_size=23,
-                               epochs=1, threads=1))
+                               epochs=1, threads=1), progress=lambda epoch, step, steps, loss: losses.append(loss))
     assert result.epochs_done == 1 and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]
+    assert len(losses) == 2 and np.isfinite(losses[0]) and np.isnan(losses[1])  # the lone image's step: none
 
 
 def test_a_checkpoints_saved_settings_are_checked_on_resume(tiny, tmp_path):
