@@ -592,7 +592,7 @@ class _Run:
         for step, (x, y, why) in enumerate(self._loader(keys, self.train_data), start=skip):
             at = (step - skip) * cfg.batch_size
             x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], self.train_set, self.skipped)
-            loss = self._step(x, y, len(why))
+            loss = self._step(x, y)
             if progress:
                 progress(epoch, step + 1, self.steps_per_epoch, float("nan") if loss is None else loss)
             if interrupts.stop_now() or (stop_after_steps is not None and self.global_step >= stop_after_steps):
@@ -608,10 +608,10 @@ class _Run:
         return torch.utils.data.DataLoader(data, batch_size=self.cfg.batch_size, sampler=_Keys(keys),
                                            num_workers=self.cfg.workers, drop_last=False)
 
-    def _step(self, x, y, loaded: int) -> float | None:
+    def _step(self, x, y) -> float | None:
         """One optimizer step at the schedule's learning rate, then the EMA; the loss."""
         lr = _lr_at(self.global_step, self.total_steps, self.warmup, self.base_lr)
-        loss = _train_step(self.net, self.model, self.opt, x, y, lr, self.amp, self.cfg, self.stats, loaded)
+        loss = _train_step(self.net, self.model, self.opt, x, y, lr, self.amp, self.cfg, self.stats)
         self.global_step += 1  # also for a batch of only unreadable images: the schedule stays put
         if self.ema is not None:
             _update_ema(self.ema, self.model, self.cfg.ema)
@@ -749,10 +749,9 @@ def _LogitsOnly(model, logits_name):
     return LogitsOnly()
 
 
-def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict,
-                loaded: int) -> float | None:
-    """One optimizer step on a batch of which ``loaded`` images were read and ``len(y)`` were
-    readable; none when no image was readable, or only one while the configured batch is larger
+def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict) -> float | None:
+    """One optimizer step on a batch's readable images (``y``); none when no image was
+    readable, or only one while the configured batch is larger
     (an epoch's last, short batch, or a batch of unreadable images): a lone image can leave
     BatchNorm one value per channel. ``stats`` (the epoch's running statistics) is updated.
     Returns the loss, or None without a step."""
