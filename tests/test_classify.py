@@ -147,18 +147,31 @@ def test_evaluate_image_folder_and_label_file(models, tmp_path):
     assert report.layout == "label file" and report.images == 3
 
 
+def test_evaluate_resolves_the_compared_model_before_running_the_first(models, tmp_path, monkeypatch):
+    """A typo in --compare is an error before any image is run, not after the whole evaluation."""
+    import shufflenet.evaluate as emod
+    from shufflenet.errors import ShuffleNetError
+
+    wnids = imagenet_wnids()
+    (tmp_path / wnids[0]).mkdir()
+    synthetic_images(1, seed=3)[0].save(tmp_path / wnids[0] / "a.png")
+    monkeypatch.setattr(emod, "run_files", lambda *a, **k: pytest.fail("ran before the compared model was resolved"))
+    with pytest.raises(ShuffleNetError, match="no_such"):
+        evaluate(str(models["v2"]), tmp_path, compare=str(tmp_path / "no_such.onnx"))
+
+
 def _unlistable(monkeypatch, folder):
-    """``folder`` cannot be listed (chmod does not stop root, so os.scandir is told to refuse)."""
+    """``folder`` cannot be listed (chmod does not stop root, so os.scandir and os.listdir are told
+    to refuse: Path.iterdir uses the one or the other by Python version)."""
     import os
 
-    real = os.scandir
+    for name in ("scandir", "listdir"):
+        def refuse(path=".", real=getattr(os, name)):
+            if os.fspath(path) == str(folder):
+                raise PermissionError(13, "Permission denied", path)
+            return real(path)
 
-    def scandir(path="."):
-        if os.fspath(path) == str(folder):
-            raise PermissionError(13, "Permission denied", path)
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+        monkeypatch.setattr(os, name, refuse)
 
 
 def test_discover_reports_a_class_folder_it_cannot_list(tmp_path, monkeypatch):

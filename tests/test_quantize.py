@@ -230,6 +230,27 @@ def test_output_path_is_checked_before_any_work(tmp_path, random_model, images, 
         quantize(random_model, random_model, images)
 
 
+@pytest.mark.parametrize("options, plot, why", [
+    (dict(seed=-1), None, "seed must be >= 0"),
+    (dict(eval_count=0), None, "eval_count must be positive"),
+    (dict(max_loss=float("nan")), None, "max_loss is a percentage from 0 to 100"),
+    (dict(min_agreement=150.0), None, "min_agreement is a percentage from 0 to 100"),
+    (dict(min_agreement=-1.0), None, "min_agreement is a percentage from 0 to 100"),
+    ({}, "folder", "is a folder; give the PNG file"),
+])
+def test_options_are_checked_before_any_work(tmp_path, random_model, images, monkeypatch, options, plot, why):
+    """A negative seed was a numpy traceback; an impossible criterion (150%, NaN) was accepted and
+    reported as met or not; a --plot folder failed after the int8 model was written."""
+    import shufflenet.quantize as qmod
+
+    monkeypatch.setattr(qmod, "resolve_model", lambda *a: pytest.fail("resolved before the options were checked"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(QuantizeError, match=why):
+        quantize(random_model, tmp_path / "q.onnx", images, options=QuantizeOptions(**options),
+                 plot=None if plot is None else tmp_path / plot)
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_calibration_images_come_from_subfolders_and_an_unreadable_one_is_an_error(tmp_path, monkeypatch):
     """Calibration reads the folder recursively; a sub-folder that cannot be listed would silently
     shrink the sample, so it is an error, raised before the model is resolved."""

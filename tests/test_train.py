@@ -157,9 +157,11 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tiny, tmp_path):
 def test_an_epoch_ending_in_a_lone_image_trains(tiny, tmp_path):
     """24 training images in batches of 23 leave one image for the epoch's last step: at 32 px
     the last stage's BatchNorm would see one value per channel, so that step is skipped."""
+    losses = []
     result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, batch_size=23,
-                               epochs=1, threads=1))
+                               epochs=1, threads=1), progress=lambda epoch, step, steps, loss: losses.append(loss))
     assert result.epochs_done == 1 and result.history[-1]["train_loss"] == result.history[-1]["train_loss"]
+    assert len(losses) == 2 and np.isfinite(losses[0]) and np.isnan(losses[1])  # the lone image's step: none
 
 
 def test_a_checkpoints_saved_settings_are_checked_on_resume(tiny, tmp_path):
@@ -195,3 +197,58 @@ def test_a_run_with_optional_settings_off_resumes_from_its_folder(tiny, tmp_path
     train(cfg, stop_after_steps=2)
     result = resume(run)
     assert result.epochs_done == 2 and not result.interrupted
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("epochs", 0), ("batch_size", "8"), ("lr", -1.0), ("lr", float("nan")), ("weight_decay", -1e-4),
+    ("warmup_epochs", float("inf")), ("label_smoothing", 5.0), ("grad_clip", -1.0), ("ema", 2.0),
+    ("freeze_backbone_epochs", -1), ("workers", -1), ("seed", -1), ("val_fraction", 2.0),
+    ("min_scale", 2.0), ("threads", 0), ("amp", "fp16"), ("optimizer", "rmsprop"), ("variant", None),
+])
+def test_every_option_is_checked_before_the_run_starts(tiny, tmp_path, field, bad):
+    """A bad option is one TrainError naming it, before the run folder is made (torch, numpy and
+    the DataLoader would each fail mid-run with their own traceback, or train on nonsense)."""
+    cfg = TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, threads=1)
+    setattr(cfg, field, bad)
+    with pytest.raises(TrainError, match=field) as e:
+        train(cfg)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_cli_refuses_a_bad_option_in_one_line(tiny, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny), "-o", str(tmp_path / "r"), "--workers", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "shufflenet train: error: workers must be an integer >= 0, got -1"]
+
+
+def test_a_batch_of_one_is_refused_where_batchnorm_would_see_one_value(tiny, tmp_path):
+    """At 32 px the last stage is 1x1: a batch of one image would fail in torch's BatchNorm at
+    the first step. At 64 px (2x2) it trains."""
+    with pytest.raises(TrainError, match="batch_size 1 cannot train shufflenet_v2_x0_5 at img_size 32"):
+        train(TrainConfig(data=str(tiny), out=str(tmp_path / "r"), img_size=32, batch_size=1, threads=1))
+    assert not (tmp_path / "r").exists()
+    result = train(TrainConfig(data=str(tiny), out=str(tmp_path / "r64"), img_size=64, batch_size=1, epochs=1,
+                               threads=1, ema=None), stop_after_steps=3)
+    assert result.interrupted and result.epochs_done == 0  # three steps of one image ran
+
+
+def test_a_resume_takes_every_setting_from_the_checkpoint(tiny, tmp_path):
+    """``train(cfg, resume=True)``: the saved settings replace cfg's before anything is derived
+    from them (the model, the input size): the given variant and img_size do not matter."""
+    cfg = dict(data=str(tiny), epochs=1, batch_size=8, img_size=32, threads=1)
+    train(TrainConfig(out=str(tmp_path / "full"), **cfg))
+    train(TrainConfig(out=str(tmp_path / "cut"), **cfg), stop_after_steps=2)
+    other = dict(cfg, img_size=48, variant="shufflenet_v2_x1_0")
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), **other), resume=True)
+    assert resumed.variant == "shufflenet_v2_x0_5" and not resumed.interrupted
+    assert _same_weights(tmp_path / "full" / "last.safetensors", tmp_path / "cut" / "last.safetensors")
+
+
+def test_demo_data_refuses_a_bad_seed_or_split_before_writing(tmp_path):
+    """A negative seed was a numpy traceback after the class folders were made."""
+    for kwargs, why in ((dict(seed=-1), "seed must be >= 0"), (dict(val_fraction=1.5), "val_fraction must be"),
+                        (dict(per_class=2, val_fraction=0.9), "leaves none to train on")):
+        with pytest.raises(DemoDataError, match=why):
+            make_demo_data(tmp_path / "d", **{"classes": 2, "per_class": 3, **kwargs})
+        assert not (tmp_path / "d").exists()

@@ -231,10 +231,16 @@ def make_demo_data(out: str | os.PathLike, *, classes: int = DEMO_DEFAULTS["clas
         raise DemoDataError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if not 16 <= size <= 1024:
         raise DemoDataError(f"size must be from 16 to 1024, got {size}")
+    if seed < 0:  # numpy's seed sequences take no negative entropy
+        raise DemoDataError(f"seed must be >= 0, got {seed}")
+    if not 0 <= val_fraction < 1:
+        raise DemoDataError(f"val_fraction must be from 0 to below 1, got {val_fraction}")
+    n_val = max(1, int(round(per_class * val_fraction)))
+    if n_val >= per_class:
+        raise DemoDataError(f"val_fraction {val_fraction} of {per_class} images per class leaves none to train on")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DemoDataError(f"{out} exists and is not empty; choose a new folder")
-    n_val = max(1, int(round(per_class * val_fraction)))
     names = CLASSES[:classes]
     counts = {"train": 0, "val": 0}
     for ci, name in enumerate(names):

@@ -55,7 +55,10 @@ def discover(data: str | os.PathLike, *, labels: list[str] | None = None,
     skipped: list[tuple[str, str]] = []
     if label_file is not None:
         return _from_label_file(root, label_file, labels, skipped), skipped, "label file"
-    subdirs = [root / name for name in class_folders(root)]
+    try:
+        subdirs = [root / name for name in class_folders(root)]
+    except OSError as e:  # as image_files words it: the flat layout's listing would fail the same way
+        raise DatasetError(f"{root}: cannot list folder ({e.strerror or e})") from None
     if subdirs:
         return _from_class_folders(subdirs, labels, skipped), skipped, "image folder"
     samples = _from_wnid_names(root, skipped)
@@ -164,6 +167,9 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
     if label_file is not None and not Path(label_file).is_file():
         raise DatasetError(f"{label_file}: no such label file")
     clf = Classifier(model, threads=threads, resize=resize, exact=exact, optimize=optimize)
+    # the second model too, before the first one runs: a typo in it must not cost the evaluation
+    other = None if compare is None else Classifier(compare, threads=threads, resize=resize, exact=exact,
+                                                     optimize=optimize)
     samples, skipped, layout = discover(data, labels=clf.labels, label_file=label_file)
     if limit is not None:
         samples = samples[:limit]
@@ -192,24 +198,19 @@ def evaluate(model, data, *, limit: int | None = None, compare=None, label_file=
                         n, 100.0 * hit1 / n, 100.0 * hit5 / n, seconds, n / seconds, skipped)
     if clf.untrained:
         report.untrained.append(clf.source)
-    if compare is not None:
-        report.compare = _compare(clf, np.stack(ok_rows), compare, [samples[i].path for i in ok_idx],
-                                  threads=threads, resize=resize, exact=exact, batch_size=batch_size,
-                                  optimize=optimize)
-        if report.compare.pop("untrained"):
-            report.untrained.append(report.compare["model"])
+    if other is not None:
+        report.compare = _compare(clf, np.stack(ok_rows), other, [samples[i].path for i in ok_idx], batch_size)
+        if other.untrained:
+            report.untrained.append(other.source)
     return report
 
 
-def _compare(clf: Classifier, raw_a: np.ndarray, other, paths, **kw) -> dict:
-    batch_size = kw.pop("batch_size")
-    other_clf = Classifier(other, threads=kw["threads"], resize=kw["resize"], exact=kw["exact"],
-                           optimize=kw["optimize"])
+def _compare(clf: Classifier, raw_a: np.ndarray, other: Classifier, paths, batch_size: int) -> dict:
+    """``other`` on the images ``clf`` gave ``raw_a`` for: its agreement with ``clf``."""
     rows = []
-    for r in run_files(other_clf, paths, top=5, batch_size=batch_size, keep_outputs=True):
+    for r in run_files(other, paths, top=5, batch_size=batch_size, keep_outputs=True):
         if r.error:
             raise DatasetError(f"{r.path}: readable for one model, not the other ({r.error})")
         rows.append(r.outputs)
-    raw_b = np.stack(rows)
-    return {"model": other_clf.source, "images": len(raw_a), "untrained": other_clf.untrained,
-            **agreement(raw_a, raw_b, clf.output_kind, other_clf.output_kind)}
+    return {"model": other.source, "images": len(raw_a),
+            **agreement(raw_a, np.stack(rows), clf.output_kind, other.output_kind)}

@@ -527,7 +527,7 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
     each attempt's row of the report."""
     opts = options or QuantizeOptions()
     output = Path(output)
-    files = _check_request(opts, output, model_path, calib, eval_data, label_file)
+    files = _check_request(opts, output, model_path, calib, eval_data, label_file, plot)
     fp32, source = _load_fp32(model_path)
     data = _gather(fp32, files, opts, eval_data, label_file)
     with tempfile.TemporaryDirectory(prefix="shufflenet-quant-") as tmp:
@@ -542,16 +542,25 @@ def quantize(model_path: str | os.PathLike, output: str | os.PathLike, calib: st
                        _plot_sensitivity(worst, plot), speed_note(fp32, latency), is_untrained(fp32))
 
 
-def _check_request(opts: QuantizeOptions, output: Path, model_path, calib, eval_data, label_file) -> list[Path]:
+def _check_request(opts: QuantizeOptions, output: Path, model_path, calib, eval_data, label_file,
+                   plot) -> list[Path]:
     """Refuse a request that cannot be honoured before any work, and before the model is resolved
     (which may download it); the calibration folder's images."""
     if opts.format not in FORMATS:
         raise QuantizeError(f"format must be one of {', '.join(FORMATS)}, got {opts.format!r}")
     if opts.calib_method not in CALIB_METHODS:
         raise QuantizeError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {opts.calib_method!r}")
-    if opts.calib_count < 1:
-        raise QuantizeError("calib_count must be positive")
+    if opts.calib_count < 1 or opts.eval_count < 1:
+        raise QuantizeError("calib_count and eval_count must be positive")
+    if opts.seed < 0:  # numpy's generators take no negative seed
+        raise QuantizeError(f"seed must be >= 0, got {opts.seed}")
+    for name in ("max_loss", "min_agreement"):  # NaN, or 150%, would make the criterion meaningless
+        value = getattr(opts, name)
+        if value is not None and not 0 <= value <= 100:
+            raise QuantizeError(f"{name} is a percentage from 0 to 100, got {value!r}")
     _check_output(output, model_path)
+    if plot is not None and Path(plot).is_dir():
+        raise QuantizeError(f"{plot} is a folder; give the PNG file to write, e.g. {Path(plot) / 'sqnr.png'}")
     files = _list_images(calib)
     if eval_data is not None and not Path(eval_data).is_dir():
         raise QuantizeError(f"{eval_data}: --eval-data must be a folder of labelled images")

@@ -172,7 +172,13 @@ def _random_resized_crop(img, rng: np.random.Generator, size: int, min_scale: fl
 
 
 def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
+    """(epoch, index) -> (image, label, why unreadable): a training image is a seeded random
+    crop and flip at ``img_size``, an evaluation image ``recipe``'s centre crop."""
     import torch
+
+    # built once, not per image: a random crop is already img_size square, so only the
+    # normalisation of the recipe remains for it
+    final = Preprocess(resize=cfg.img_size, crop=cfg.img_size, mean=recipe.mean, std=recipe.std) if train else recipe
 
     class _Data(torch.utils.data.Dataset):
         def __len__(self):
@@ -182,8 +188,7 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
             try:
                 return self._item(key)
             except ShuffleNetError as e:  # a corrupt image: zeros, dropped from the batch by the step
-                size = cfg.img_size if train else recipe.crop
-                return torch.zeros(3, size, size), samples[key[1]][1], one_line(e)
+                return torch.zeros(3, final.crop, final.crop), samples[key[1]][1], one_line(e)
 
         def _item(self, key):
             epoch, index = key
@@ -194,11 +199,7 @@ def _dataset(samples, recipe: Preprocess, cfg: TrainConfig, train: bool):
                 img = _random_resized_crop(img, rng, cfg.img_size, cfg.min_scale)
                 if rng.uniform() < 0.5:
                     img = img.transpose(0)  # FLIP_LEFT_RIGHT
-                x = preprocess_pil(img, Preprocess(resize=cfg.img_size, crop=cfg.img_size,
-                                                   mean=recipe.mean, std=recipe.std))
-            else:
-                x = preprocess_pil(img, recipe)
-            return torch.from_numpy(x[0]), label, ""
+            return torch.from_numpy(preprocess_pil(img, final)[0]), label, ""
 
     return _Data()
 
@@ -299,10 +300,6 @@ def _optimizer(model, cfg: TrainConfig):
     return base_lr, opt
 
 
-def _logits_name(graph) -> str:
-    return graph.head.output
-
-
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -313,10 +310,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def _amp_dtype(mode: str):
     import torch
 
-    if mode == "off":
+    if mode == "off":  # the mode is one of AMP_MODES (_check_config)
         return None
-    if mode not in AMP_MODES:
-        raise TrainError(f"amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {mode!r}")
     supported = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AVX512_BF16", "AMX")
     if mode == "bf16" or supported:
         return torch.bfloat16
@@ -371,16 +366,60 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable | None =
     return run.finish(interrupted)
 
 
-def _check_config(cfg: TrainConfig) -> None:
-    """The options that are checked before any data is read."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise TrainError("epochs and batch_size must be positive")
+#: each numeric option's valid values: (test, how the error states them); a None that the
+#: field's annotation allows (off, or the default) is never tested. NaN fails every test.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "lr": (lambda v: 0 < v < math.inf, "a positive number"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
+    "warmup_epochs": (lambda v: 0 <= v < math.inf, "a number of epochs >= 0"),
+    "label_smoothing": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 or None: off)"),
+    "ema": (lambda v: 0 <= v < 1, "from 0 to below 1 (0 or None: off)"),
+    "freeze_backbone_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "workers": (lambda v: v >= 0, "an integer >= 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "val_fraction": (lambda v: 0 <= v < 1, "from 0 to below 1"),
+    "min_scale": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+    "threads": (lambda v: v >= 1, "a positive integer (or None: torch's default)"),
+}
+
+
+def _check_config(cfg: TrainConfig, where: str = "") -> None:
+    """Every option, before any data is read or torch is set up: its type (the field's
+    annotation), then its range or choices; ``where`` names a saved config. A bad value is one
+    line here, never a torch or numpy error mid-run."""
+    at = f"{where}: " if where else ""
     size = cfg.img_size
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                             or not _MIN_IMG_SIZE <= size <= _MAX_IMG_SIZE):
-        raise TrainError(f"img_size must be from {_MIN_IMG_SIZE} to {_MAX_IMG_SIZE}, got {size!r}")
+    if size is not None and not (_of_type(size, "int") and _MIN_IMG_SIZE <= size <= _MAX_IMG_SIZE):
+        raise TrainError(f"{at}img_size must be from {_MIN_IMG_SIZE} to {_MAX_IMG_SIZE}, got {size!r}")
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if not _of_type(value, str(f.type)):
+            raise TrainError(f"{at}{f.name} is {value!r}, which is not a valid value")
+        test, valid = _RANGES.get(f.name, (None, ""))
+        if test is not None and value is not None and not test(value):
+            raise TrainError(f"{at}{f.name} must be {valid}, got {value!r}")
     if cfg.optimizer not in OPTIMIZERS:
-        raise TrainError(f"optimizer must be {' or '.join(sorted(OPTIMIZERS))}, got {cfg.optimizer!r}")
+        raise TrainError(f"{at}optimizer must be {' or '.join(sorted(OPTIMIZERS))}, got {cfg.optimizer!r}")
+    if cfg.amp not in AMP_MODES:
+        raise TrainError(f"{at}amp must be {', '.join(AMP_MODES[:-1])} or {AMP_MODES[-1]}, got {cfg.amp!r}")
+
+
+def _check_batch_of_one(spec, cfg: TrainConfig, n_classes: int) -> None:
+    """A batch of one image trains only where every BatchNorm sees more than one value per
+    channel; at a small ``img_size`` the last stage's maps are 1x1 and torch would fail in the
+    first step (a longer batch's lone last image is skipped instead: :func:`_train_step`)."""
+    if cfg.batch_size > 1:
+        return
+    graph = spec.graph(n_classes)
+    shapes = graph.shapes((cfg.img_size, cfg.img_size))
+    for n in graph.nodes:
+        if n.op == "bn" and math.prod(shapes[n.inputs[0]][1:]) == 1:
+            raise TrainError(f"batch_size 1 cannot train {spec.name} at img_size {cfg.img_size}: BatchNorm "
+                             f"{n.output} would see one value per channel; use a batch of 2 or more, or a "
+                             "larger img_size")
 
 
 class _Run:
@@ -394,52 +433,56 @@ class _Run:
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool) -> None:
-        """Prepare: the process group, the checked options, the data and, when resuming, the
-        checkpoint, whose saved config then replaces ``cfg`` (all but ``epochs`` and ``out``)."""
+        """Prepare: the process group, the checked options, the run folder and the data. When
+        resuming, the checkpoint's saved config replaces ``cfg`` (all but ``data``, ``epochs`` and
+        ``out``) before anything is derived from it: the variant, the split, the input size."""
         torch = import_torch("training")
         self.dist, self.rank, self.world, self.owned_group = _dist()
         # absolute paths in config.json: `--resume RUN` works from any working directory
         cfg = replace(cfg, data=str(Path(cfg.data).resolve()), out=str(Path(cfg.out).resolve()))
         self.out = Path(cfg.out)
+        self.ckpt_path = self.out / "checkpoint.pt"
+        _check_config(cfg)
+        self.ckpt: dict | None = None
+        saved_classes = None
+        if resume:
+            self.ckpt, saved_classes, cfg = self._read_checkpoint(cfg)
+        else:
+            self._check_new_folder()
+        self.spec = get_spec(cfg.variant)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        _check_config(cfg)
         self.classes, self.train_set, self.val_set = find_images(cfg.data, val_fraction=cfg.val_fraction,
                                                                  seed=cfg.seed)
+        if saved_classes is not None and saved_classes != self.classes:
+            raise TrainError(f"{cfg.data}: classes differ from the run's {saved_classes}")
         if cfg.img_size is None:  # resolved once and stored in config.json: a resume reads the same
             cfg = replace(cfg, img_size=default_img_size(self.train_set))
-        self.spec = get_spec(cfg.variant)
         self.recipe = Preprocess(resize=int(round(cfg.img_size / 0.875)), crop=cfg.img_size,
                                  mean=self.spec.preprocess.mean, std=self.spec.preprocess.std)
-        self.ckpt_path = self.out / "checkpoint.pt"
-        self.ckpt: dict | None = None
-        if resume:
-            self.ckpt, cfg = self._read_checkpoint(cfg)
-        else:
-            self._check_new_folder()
+        _check_batch_of_one(self.spec, cfg, len(self.classes))
         self.cfg = cfg
 
-    def _read_checkpoint(self, cfg: TrainConfig) -> tuple[dict, TrainConfig]:
-        """The checkpoint to resume from and the config it was saved with."""
+    def _read_checkpoint(self, cfg: TrainConfig) -> tuple[dict, list, TrainConfig]:
+        """The checkpoint to resume from, its classes and the config it was saved with (given
+        ``cfg``'s data folder, epochs and run folder)."""
         torch = import_torch("training")
         if not self.ckpt_path.is_file():
             raise TrainError(f"{self.out}: no checkpoint.pt to resume from")
         try:
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
             saved = json.loads(ckpt["config"])
-            json.loads(ckpt["classes"])
+            classes = json.loads(ckpt["classes"])
         except Exception as e:  # torch raises many types for a damaged or foreign file
             raise TrainError(f"{self.ckpt_path}: not a usable checkpoint ({one_line(e, line='first')})") from None
-        if json.loads(ckpt["classes"]) != self.classes:
-            raise TrainError(f"{cfg.data}: classes differ from the run's {json.loads(ckpt['classes'])}")
         if not isinstance(saved, dict):
             raise TrainError(f"{self.ckpt_path}: not a usable checkpoint (its config is not a JSON object)")
+        saved["data"] = cfg.data  # the data folder given, wherever it has moved
         saved["epochs"] = cfg.epochs  # the one setting a resume may change (to train longer)
         saved["out"] = cfg.out  # the folder resumed from, wherever it has moved
-        restored = _typed_config(saved, f"{self.ckpt_path} (saved config)")
-        _check_config(restored)  # what a new run is checked for, the saved settings are too
-        return ckpt, restored
+        # what a new run is checked for, the saved settings are too
+        return ckpt, classes, _typed_config(saved, f"{self.ckpt_path} (saved config)")
 
     def _check_new_folder(self) -> None:
         out = self.out
@@ -456,17 +499,20 @@ class _Run:
         self.model = ShuffleNet(graph, variant=self.spec.name)
         weights, self.init_source = _initial_weights(self.cfg, len(self.classes))
         self.model.load_numpy(weights)
-        self.logits_name = _logits_name(graph)
+        self.logits_name = graph.head.output
         self.head_params = {graph.head.params[r] for r in ("weight", "bias")}
         self.base_lr, self.opt = _optimizer(self.model, self.cfg)
         self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}
                     if self.cfg.ema else None)
 
     def restore_or_start(self) -> None:
-        """Resuming: the model, optimizer, EMA, position and history from the checkpoint. A new
-        run: the run folder with config.json and classes.json."""
-        ckpt = self.ckpt
+        """Resuming: the model, optimizer, EMA, position, history, skipped images and the
+        interrupted epoch's statistics from the checkpoint (not kept afterwards: its tensors are
+        copied in). A new run: the run folder with config.json and classes.json."""
+        ckpt, self.ckpt = self.ckpt, None
         self.history: list[dict] = []
+        self.skipped: dict[str, str] = {}
+        self.resumed_stats: dict | None = None
         self.start_epoch, self.start_step, self.global_step, self.best = 0, 0, 0, None
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
@@ -478,6 +524,8 @@ class _Run:
             self.history = json.loads(ckpt["history"])
             best = ckpt.get("best")
             self.best = None if best is None else float(best)
+            self.skipped = json.loads(ckpt.get("skipped", "{}"))
+            self.resumed_stats = json.loads(ckpt.get("epoch_stats", "null"))
         elif self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             config, classes = asdict(self.cfg), self.classes
@@ -504,9 +552,6 @@ class _Run:
                    stop_after_steps: int | None) -> bool:
         """The epochs from the start position; whether the run was interrupted (its checkpoint
         then stands at a step boundary)."""
-        ckpt = self.ckpt
-        self.skipped: dict[str, str] = json.loads(ckpt.get("skipped", "{}")) if ckpt is not None else {}
-        self.resumed_stats = json.loads(ckpt.get("epoch_stats", "null")) if ckpt is not None else None
         self.stats: dict = {}
         interrupts = _Interrupts(self.dist)
         epoch = self.start_epoch
@@ -547,7 +592,7 @@ class _Run:
         for step, (x, y, why) in enumerate(self._loader(keys, self.train_data), start=skip):
             at = (step - skip) * cfg.batch_size
             x, y = _drop_unreadable(x, y, why, keys[at:at + cfg.batch_size], self.train_set, self.skipped)
-            loss = self._step(x, y, len(why))
+            loss = self._step(x, y)
             if progress:
                 progress(epoch, step + 1, self.steps_per_epoch, float("nan") if loss is None else loss)
             if interrupts.stop_now() or (stop_after_steps is not None and self.global_step >= stop_after_steps):
@@ -563,10 +608,10 @@ class _Run:
         return torch.utils.data.DataLoader(data, batch_size=self.cfg.batch_size, sampler=_Keys(keys),
                                            num_workers=self.cfg.workers, drop_last=False)
 
-    def _step(self, x, y, loaded: int) -> float | None:
+    def _step(self, x, y) -> float | None:
         """One optimizer step at the schedule's learning rate, then the EMA; the loss."""
         lr = _lr_at(self.global_step, self.total_steps, self.warmup, self.base_lr)
-        loss = _train_step(self.net, self.model, self.opt, x, y, lr, self.amp, self.cfg, self.stats, loaded)
+        loss = _train_step(self.net, self.model, self.opt, x, y, lr, self.amp, self.cfg, self.stats)
         self.global_step += 1  # also for a batch of only unreadable images: the schedule stays put
         if self.ema is not None:
             _update_ema(self.ema, self.model, self.cfg.ema)
@@ -658,8 +703,8 @@ def resume(run: str | os.PathLike, *, epochs: int | None = None, progress: Calla
 
 
 def _config_from_file(path: Path) -> TrainConfig:
-    """A run's config.json, each field checked against the type of its default (never a
-    TypeError or AttributeError later, on a malformed file)."""
+    """A run's config.json, checked as a new run's options are (never a TypeError or
+    AttributeError later, on a malformed file)."""
     from ._safeio import json_loads, read_text
 
     raw = json_loads(read_text(path, TrainError, "run config"), TrainError, str(path))
@@ -681,15 +726,13 @@ def _of_type(value, annotation: str) -> bool:
 
 
 def _typed_config(raw: dict, where: str) -> TrainConfig:
-    """A TrainConfig from a saved mapping (config.json, a checkpoint's copy), each field checked
-    against its annotation (``int | None``: an integer or null): never a TypeError or
-    AttributeError later."""
-    for f in fields(TrainConfig):
-        if f.name in raw and not _of_type(raw[f.name], str(f.type)):
-            raise TrainError(f"{where}: {f.name} is {raw[f.name]!r}, which is not a valid value")
+    """A TrainConfig from a saved mapping (config.json, a checkpoint's copy), checked as a new
+    run's options are (:func:`_check_config`): never a TypeError or AttributeError later."""
     if "data" not in raw:
         raise TrainError(f"{where}: no data folder recorded")
-    return TrainConfig.from_dict(raw)
+    cfg = TrainConfig.from_dict(raw)
+    _check_config(cfg, where)
+    return cfg
 
 
 def _LogitsOnly(model, logits_name):
@@ -706,10 +749,9 @@ def _LogitsOnly(model, logits_name):
     return LogitsOnly()
 
 
-def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict,
-                loaded: int) -> float | None:
-    """One optimizer step on a batch of which ``loaded`` images were read and ``len(y)`` were
-    readable; none when no image was readable, or only one while the configured batch is larger
+def _train_step(net, model, opt, x, y, lr: float, amp, cfg: TrainConfig, stats: dict) -> float | None:
+    """One optimizer step on a batch's readable images (``y``); none when no image was
+    readable, or only one while the configured batch is larger
     (an epoch's last, short batch, or a batch of unreadable images): a lone image can leave
     BatchNorm one value per channel. ``stats`` (the epoch's running statistics) is updated.
     Returns the loss, or None without a step."""
