@@ -641,14 +641,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         out.close()
     if args.json:
-        _print_json({"run": str(result.run), "best_val_acc": result.best_val_acc, "final_val_acc": result.final_val_acc,
-                     "epochs": result.epochs_done, "interrupted": result.interrupted, "seconds": result.seconds,
-                     "history": result.history, "ddp": result.ddp})
+        _print_json(result.to_dict())
     elif out.report:
         if result.interrupted:
             print(f"interrupted: resume with `shufflenet train --resume {result.run}`")
         else:
-            print(f"run {result.run}: best val {result.best_val_acc}% in {result.seconds:.0f}s; export with "
+            best = "-" if result.best_val_acc is None else f"{result.best_val_acc:.1f}%"  # no validation set
+            print(f"run {result.run}: best val {best} in {result.seconds:.0f}s; export with "
                   f"`shufflenet export {result.variant} --weights {result.run}/best -o model.onnx`")
     return 130 if result.interrupted else 0
 
@@ -720,14 +719,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         _print_json(report.to_dict())
     else:
         _print_quantized(report)
-    c = report.criterion
-    return 0 if not c or c["met"] or not c.get("meaningful", True) else 1  # random weights: nothing to judge
+    return 0 if report.passed else 1
 
 
 def _print_quantized(report) -> None:
     r, m = report.recipe, report.metrics
     print(f"wrote    {report.output}  ({report.int8_bytes:,} bytes, fp32 {report.fp32_bytes:,}: "
-          f"{report.fp32_bytes / report.int8_bytes:.2f}x smaller)")
+          f"{report.compression:.2f}x smaller)")
     print(f"recipe   {r['format']} {'per-channel' if r['per_channel'] else 'per-tensor'} u8/s8"
           f"{' reduce_range' if r['reduce_range'] else ''}, calibration {r['calib_method']} on "
           f"{r['calib_images']} images, {len(r['excluded_nodes'])} nodes kept in fp32, opset {r['opset']}")

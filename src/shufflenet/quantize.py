@@ -478,15 +478,28 @@ class QuantReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def passed(self) -> bool:
+        """The accuracy criterion was met, or there was none to judge (no criterion, or random
+        weights, whose figures mean nothing): ``quantize`` exits 1 otherwise."""
+        c = self.criterion
+        return not c or c["met"] or not c.get("meaningful", True)
+
+    @property
+    def compression(self) -> float:
+        """How many times smaller the int8 file is than the fp32 one."""
+        return self.fp32_bytes / self.int8_bytes
+
 
 def _latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, runs: int = 160) -> dict:
     """Batch-1, one-thread p50 of fp32 and int8 in this process, in blocks of consecutive runs,
     each with the runtime's load-time rewrites (as classify runs them)."""
-    from .bench import BLOCK, bench
+    from .bench import bench
 
-    fp, q = (r.p50_ms for r in bench([fp32, int8], runs=runs, warmup=10)["rows"])
+    result = bench([fp32, int8], runs=runs, warmup=10)
+    fp, q = (r.p50_ms for r in result["rows"])
     return {"fp32_ms": fp, "int8_ms": q, "speedup": fp / q, "runs": runs, "threads": 1,
-            "mode": f"blocked ({BLOCK} consecutive runs per model and round)"}
+            "mode": result["env"]["mode"]}
 
 
 def _grouped_convs(model: onnx.ModelProto) -> int:

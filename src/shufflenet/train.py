@@ -333,6 +333,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     ddp: dict | None = None
 
+    def to_dict(self) -> dict:
+        """The result as plain data (what `shufflenet train --json` prints)."""
+        return {"run": str(self.run), "best_val_acc": self.best_val_acc, "final_val_acc": self.final_val_acc,
+                "epochs": self.epochs_done, "interrupted": self.interrupted, "seconds": self.seconds,
+                "history": self.history, "ddp": self.ddp}
+
 
 def _dist():
     """(torch.distributed or None, rank, world size, whether we created the process group)."""
