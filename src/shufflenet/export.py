@@ -22,10 +22,9 @@ from ._io import sha256_file
 from ._onnx import fixed_batch, model_opset
 from .bundle import BundleError, pack_tar, write_bundle
 from .onnx_export import ExportError, export_onnx, save_model, scaled_recipe, set_metadata
-from .optimize import PAD_MULTIPLE
 from .preprocess import preprocess_pil
 from .runtime import Runner, model_info
-from .options import DEFAULT_OPSET, EXPORT_VIAS
+from .options import DEFAULT_OPSET, EXPORT_VIAS, PAD_MULTIPLE
 from .specs import VariantSpec, get_spec
 from .synthetic import synthetic_images
 
