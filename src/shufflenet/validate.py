@@ -156,7 +156,9 @@ _MOVED_TO_EXPORT = ("export_to", "export_bundle", "export_variant_via_torch", "e
 
 def _faithful_export_to(*args, **kwargs):
     """``export_to`` as it was here: the plain graph unless a rewrite is asked for (the
-    library's own default is now the fastest exact graph, as the CLI's)."""
+    library's own default is now the fastest exact graph, as the CLI's). One difference remains:
+    ``absorb_shuffle=True`` without ``pad_channels`` now pads as well (as the CLI always did);
+    ``export_onnx(..., absorb_shuffle=True)`` writes the absorbed graph alone."""
     from .export import export_to
 
     if not kwargs.get("pad_channels") and not kwargs.get("absorb_shuffle"):
