@@ -103,6 +103,14 @@ def test_validate_reads_an_untrusted_bundle_json_and_still_checks(bundle, tmp_pa
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_validate_refuses_a_device_or_fifo_in_one_line(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")
+    for path in ("/dev/null", str(tmp_path / "pipe")):
+        assert main(["validate", path]) == 2
+        assert capsys.readouterr().err == (f"shufflenet validate: error: {path}: expected a .onnx, "
+                                           "a bundle folder or a .tar.gz\n")
+
+
 def test_validate_json_is_exact(bundle, capsys):
     assert main(["validate", "--json", str(bundle["model"])]) == 0
     data = json.loads(capsys.readouterr().out)

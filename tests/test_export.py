@@ -265,3 +265,17 @@ def test_writing_functions_keep_their_old_import_path(tmp_path):
     padding = {p.key: p.value for p in onnx.load(tmp_path / "old-padded.onnx").metadata_props}.get("channel_padding")
     assert padding == "8"
     assert "channel_padding" not in {p.key for p in onnx.load(tmp_path / "old.onnx").metadata_props}
+
+
+def test_an_unwritable_output_is_named_not_its_temp_file(tmp_path, monkeypatch):
+    """save_model writes a temp file beside the output first: a failure names the output."""
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".m.onnx.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as e:
+        save_model(export_onnx("shufflenet_v2_x0_5", input_size=64), tmp_path / "m.onnx")
+    assert e.value.filename == str(tmp_path / "m.onnx")

@@ -86,9 +86,9 @@ def _locate(path: Path, tmp: Path) -> tuple[Path, Path]:
         raise BundleError(f"{path}: no such file or folder")
     if path.is_file() and is_archive(path):
         path = safe_extract(path, tmp / "bundle")
+    if not path.is_dir() and (not path.is_file() or path.suffix != ".onnx"):  # a device or FIFO too
+        raise BundleError(f"{path}: expected a .onnx, a bundle folder or a .tar.gz")
     if path.is_file():
-        if path.suffix != ".onnx":
-            raise BundleError(f"{path}: expected a .onnx, a bundle folder or a .tar.gz")
         return path, path.parent
     model = locate_model(path)
     return model, model.parent
