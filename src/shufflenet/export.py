@@ -28,9 +28,7 @@ from .options import DEFAULT_OPSET, EXPORT_VIAS, PAD_MULTIPLE
 from .specs import VariantSpec, get_spec
 from .synthetic import synthetic_images
 
-__all__ = ["export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs", "VIA"]
-
-VIA = EXPORT_VIAS  # how a model is written (options.EXPORT_VIAS)
+__all__ = ["export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs"]
 
 #: ops of quantized graphs: no independent rendering agrees with them to the zoo's tolerance
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
@@ -66,8 +64,8 @@ def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, ta
 def _rewrite_choice(via: str, faithful: bool, pad_channels: int | None, absorb_shuffle: bool) -> int | None:
     """The channel padding to write: the fastest exact graph unless ``faithful`` (which refuses
     the rewrites) or torch writes the graph."""
-    if via not in VIA:
-        raise ExportError(f"via must be one of {', '.join(VIA)}, got {via!r}")
+    if via not in EXPORT_VIAS:
+        raise ExportError(f"via must be one of {', '.join(EXPORT_VIAS)}, got {via!r}")
     if faithful and (pad_channels is not None or absorb_shuffle):
         raise ExportError("--faithful writes the plain graph: drop --pad-channels/--absorb-shuffle")
     if not faithful and pad_channels is None and via == "emitter":
