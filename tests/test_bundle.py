@@ -79,6 +79,38 @@ def test_validate_exit_codes(bundle, tmp_path, capsys):
     assert err.count("\n") == 3 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("meta, says", [
+    ("[" * 100_000, "nested deeper than 64"),  # json.loads alone: RecursionError, a traceback
+    ("{not json", "bad JSON"),
+    ("[1, 2]", "not stated in bundle.json"),
+    ('{"expected_outputs": "numpy reference"}', "numpy reference"),
+    (None, "is a FIFO"),  # a FIFO would block the read forever
+])
+def test_validate_reads_an_untrusted_bundle_json_and_still_checks(bundle, tmp_path, capsys, meta, says):
+    """bundle.json only says where the expected outputs came from: whatever it holds, validate
+    runs every set, reports it in one field, and the CLI prints no traceback."""
+    import shutil
+
+    folder = shutil.copytree(bundle["bundle"], tmp_path / "b")
+    (folder / "bundle.json").unlink()
+    if meta is None:
+        os.mkfifo(folder / "bundle.json")
+    else:
+        (folder / "bundle.json").write_text(meta)
+    report = validate(folder)
+    assert report.passed and says in report.expected_outputs
+    assert main(["validate", str(folder)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_validate_refuses_a_device_or_fifo_in_one_line(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")
+    for path in ("/dev/null", str(tmp_path / "pipe")):
+        assert main(["validate", path]) == 2
+        assert capsys.readouterr().err == (f"shufflenet validate: error: {path}: expected a .onnx, "
+                                           "a bundle folder or a .tar.gz\n")
+
+
 def test_validate_json_is_exact(bundle, capsys):
     assert main(["validate", "--json", str(bundle["model"])]) == 0
     data = json.loads(capsys.readouterr().out)

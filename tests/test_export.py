@@ -265,3 +265,33 @@ def test_writing_functions_keep_their_old_import_path(tmp_path):
     padding = {p.key: p.value for p in onnx.load(tmp_path / "old-padded.onnx").metadata_props}.get("channel_padding")
     assert padding == "8"
     assert "channel_padding" not in {p.key for p in onnx.load(tmp_path / "old.onnx").metadata_props}
+
+
+def test_an_unwritable_output_is_named_not_its_temp_file(tmp_path, monkeypatch):
+    """save_model writes a temp file beside the output first: a failure names the output."""
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".m.onnx.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as e:
+        save_model(export_onnx("shufflenet_v2_x0_5", input_size=64), tmp_path / "m.onnx")
+    assert e.value.filename == str(tmp_path / "m.onnx")
+
+
+
+@pytest.mark.parametrize("variant", ["shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5"])
+def test_the_default_padded_bundle_is_checked_against_an_independent_rendering(tmp_path, variant):
+    """export_to pads by default (V1: nothing to pad); the bundle's expected outputs still come
+    from PyTorch or numpy on the description, with the padding cut off the weights, so validate
+    checks the graph against something other than itself. Absorbed shuffles cannot be read back."""
+    from shufflenet.export import export_to
+    from shufflenet.validate import validate
+
+    summary = export_to(variant, tmp_path, test_data=2, input_size=64)
+    assert not summary["reference"].startswith("onnxruntime"), summary["reference"]
+    assert validate(summary["bundle"]).passed
+    absorbed = export_to(variant, tmp_path / "a", test_data=1, input_size=64, absorb_shuffle=True)
+    assert absorbed["reference"].startswith("onnxruntime") == (variant.startswith("shufflenet_v2"))

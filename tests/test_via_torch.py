@@ -49,3 +49,21 @@ def test_cli_via_torch_matches_the_emitter(tmp_path, images224):
     assert {p.key: p.value for p in ma.metadata_props}["variant"] == "shufflenet_v2_x1_0"
     assert np.abs(_run(ma, images224[:3]) - _run(onnx.load(str(b)), images224[:3])).max() < 1e-4
     assert main(["export", "shufflenet_v2_x1_0", "--via", "torch", "--opset", "10", "-o", str(a)]) == 2
+
+
+def test_cleaning_that_changes_the_outputs_is_refused(monkeypatch):
+    """clean_graph runs both graphs before it returns one: a rewrite that changed the function
+    (here, a weight scaled by a step that should only move nodes) is a CheckFailedError."""
+    from onnx import numpy_helper
+
+    import shufflenet.onnx_clean as onnx_clean
+    from shufflenet.errors import CheckFailedError
+    from shufflenet.onnx_export import export_onnx
+
+    def wrong(model):
+        t = model.graph.initializer[0]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 2, t.name))
+
+    monkeypatch.setattr(onnx_clean, "_slices_to_split", wrong)
+    with pytest.raises(CheckFailedError, match="changed the outputs at batch 1"):
+        clean_graph(export_onnx("shufflenet_v2_x0_5", input_size=64))

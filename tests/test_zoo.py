@@ -175,6 +175,21 @@ def test_one_failed_artifact_does_not_stop_the_others(tmp_path, monkeypatch, cap
     assert "simulated failure" in (tmp_path / "README.md").read_text()
 
 
+def test_an_unexpected_error_is_recorded_with_where_it_happened(tmp_path, monkeypatch):
+    """An error of no expected class (a bug) fails its artifact only; the record says the class,
+    the message and the innermost line, once each."""
+    import shufflenet.zoo as zoo
+
+    def broken(variant, **kw):
+        raise KeyError("no such key")
+
+    monkeypatch.setattr(zoo, "export_onnx", broken)
+    summary = zoo.build(tmp_path / "zoo", variants=["shufflenet-9"], calib=tmp_path)
+    [(name, error)] = summary["failed"]
+    assert name == "shufflenet-9" and summary["built"] == []
+    assert error.startswith("KeyError: 'no such key' (at test_zoo.py:") and error.count("KeyError") == 1
+
+
 def test_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys, monkeypatch):
     import shufflenet.zoo as zoo
 

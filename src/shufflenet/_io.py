@@ -26,7 +26,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     interrupted write leaves the old file (or none) intact, never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # name the file asked for, not the temp name nobody chose
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         write(Path(tmp))

@@ -22,16 +22,13 @@ from ._io import sha256_file
 from ._onnx import fixed_batch, model_opset
 from .bundle import BundleError, pack_tar, write_bundle
 from .onnx_export import ExportError, export_onnx, save_model, scaled_recipe, set_metadata
-from .optimize import PAD_MULTIPLE
 from .preprocess import preprocess_pil
 from .runtime import Runner, model_info
-from .options import DEFAULT_OPSET, EXPORT_VIAS
+from .options import DEFAULT_OPSET, EXPORT_VIAS, PAD_MULTIPLE
 from .specs import VariantSpec, get_spec
 from .synthetic import synthetic_images
 
-__all__ = ["export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs", "VIA"]
-
-VIA = EXPORT_VIAS  # how a model is written (options.EXPORT_VIAS)
+__all__ = ["export_to", "export_bundle", "export_variant_via_torch", "expected_outputs", "test_inputs"]
 
 #: ops of quantized graphs: no independent rendering agrees with them to the zoo's tolerance
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear"}
@@ -67,8 +64,8 @@ def export_to(variant: str, output: str | os.PathLike, *, test_data: int = 0, ta
 def _rewrite_choice(via: str, faithful: bool, pad_channels: int | None, absorb_shuffle: bool) -> int | None:
     """The channel padding to write: the fastest exact graph unless ``faithful`` (which refuses
     the rewrites) or torch writes the graph."""
-    if via not in VIA:
-        raise ExportError(f"via must be one of {', '.join(VIA)}, got {via!r}")
+    if via not in EXPORT_VIAS:
+        raise ExportError(f"via must be one of {', '.join(EXPORT_VIAS)}, got {via!r}")
     if faithful and (pad_channels is not None or absorb_shuffle):
         raise ExportError("--faithful writes the plain graph: drop --pad-channels/--absorb-shuffle")
     if not faithful and pad_channels is None and via == "emitter":
@@ -168,8 +165,9 @@ def expected_outputs(variant: str, model: onnx.ModelProto, inputs: list[np.ndarr
     the model's own weights (read back from its initializers): PyTorch when torch is installed
     (``engine="torch"``), else the plain-numpy reference (``"numpy"``, :mod:`shufflenet.reference`).
     Int8 models have no independent reference that agrees to the zoo's tolerance, and graphs the
-    description cannot read back (padded or shuffle-absorbed exports) neither: ONNX Runtime on
-    the model computes those, and the returned name says so.
+    description cannot read back (shuffle-absorbed exports) neither: ONNX Runtime on the model
+    computes those, and the returned name says so. A padded graph (``export_to``'s default) is
+    read back with its padding cut off and gets an independent reference too.
     """
     why = _no_independent_reference(model)
     if why is None:
@@ -184,11 +182,16 @@ def expected_outputs(variant: str, model: onnx.ModelProto, inputs: list[np.ndarr
 
 
 def _no_independent_reference(model: onnx.ModelProto) -> str | None:
-    """Why no rendering of the description can reproduce this graph, or None when one can."""
+    """Why no rendering of the description can reproduce this graph, or None when one can.
+
+    Channel padding is no obstacle: ``weights_from_onnx`` cuts the padding off again (checking
+    that it is padding), and the padded graph computes the same function. Absorbed shuffles are:
+    the weights keep their shapes but are permuted, so reading them back cannot tell.
+    """
     if any(n.op_type in _QUANT_OPS or n.domain == "com.microsoft" for n in model.graph.node):
         return "int8: no independent reference"
-    if {p.key for p in model.metadata_props} & {"channel_padding", "channel_shuffle"}:
-        return "rewritten graph: not the description's weights"
+    if {p.key: p.value for p in model.metadata_props}.get("channel_shuffle") == "absorbed into weights":
+        return "shuffles absorbed: the weights are permuted"
     return None
 
 

@@ -22,9 +22,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ShuffleNetError
-from .specs import INPUT_SIZES, Graph, Node, Preprocess, VariantSpec, get_spec
 from ._io import atomic_write
-from .options import DEFAULT_OPSET, MIN_OPSET
+from .options import DEFAULT_OPSET, INPUT_SIZES, MIN_OPSET
+from .specs import Graph, Node, Preprocess, VariantSpec, get_spec
 from .weights import WeightSource, resolve_weights
 
 __all__ = ["RULES", "Rule", "form", "export_onnx", "save_model", "set_metadata", "scaled_recipe", "newest_opset",
@@ -356,7 +356,8 @@ def _version() -> str:
 
 
 def set_metadata(model, spec: VariantSpec, source: WeightSource, opset: int, keep_bn: bool,
-                  num_classes: int, labels: list[str] | None, recipe=None) -> None:
+                 num_classes: int, labels: list[str] | None, recipe: Preprocess) -> None:
+    """The model's ``metadata_props``: provenance, and the preprocessing ``recipe`` it expects."""
     meta = {
         "variant": spec.name,
         "weights_source": source.description,
@@ -364,7 +365,7 @@ def set_metadata(model, spec: VariantSpec, source: WeightSource, opset: int, kee
         "weights_trained": {"random": "false", "run": "true"}.get(source.kind, "unknown"),
         "opset": str(opset),
         "batchnorm": "kept" if keep_bn else "folded",
-        "preprocessing": json.dumps((recipe or spec.preprocess).to_dict()),
+        "preprocessing": json.dumps(recipe.to_dict()),
         "output_kind": spec.output_kind,
         "num_classes": str(num_classes),
         "producer": f"shufflenet {_version()}",

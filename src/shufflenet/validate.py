@@ -8,7 +8,6 @@ comparing with the zoo's tolerances (rtol 1e-3, atol 1e-5). Writing models and b
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ import onnx
 
 from ._io import one_line
 from ._onnx import model_opset
+from ._safeio import json_loads, read_text
 from .bundle import (BUNDLE_METADATA, BundleError, TestSet, find_test_sets, is_archive, load_model_checked,
                      locate_model, safe_extract)
 from .runtime import Runner
@@ -86,25 +86,26 @@ def _locate(path: Path, tmp: Path) -> tuple[Path, Path]:
         raise BundleError(f"{path}: no such file or folder")
     if path.is_file() and is_archive(path):
         path = safe_extract(path, tmp / "bundle")
+    if not path.is_dir() and (not path.is_file() or path.suffix != ".onnx"):  # a device or FIFO too
+        raise BundleError(f"{path}: expected a .onnx, a bundle folder or a .tar.gz")
     if path.is_file():
-        if path.suffix != ".onnx":
-            raise BundleError(f"{path}: expected a .onnx, a bundle folder or a .tar.gz")
         return path, path.parent
     model = locate_model(path)
     return model, model.parent
 
 
 def _reference_of(folder: Path) -> str:
-    """The bundle.json's account of where the expected outputs came from."""
+    """The bundle.json's account of where the expected outputs came from. The file is untrusted
+    (it comes with the archive): read as :mod:`shufflenet._safeio` reads text and JSON, and any
+    problem with it is reported in the answer, never raised."""
     meta = folder / BUNDLE_METADATA
-    if not meta.is_file():
+    if not meta.exists():
         return "unknown (no bundle.json)"
     try:
-        if meta.stat().st_size > 1 << 20:
-            raise ValueError("larger than 1 MiB")
-        value = json.loads(meta.read_text("utf-8")).get("expected_outputs")
-    except (OSError, ValueError, AttributeError) as e:
-        return f"unknown (unreadable bundle.json: {e})"
+        data = json_loads(read_text(meta, BundleError, BUNDLE_METADATA), BundleError, BUNDLE_METADATA)
+    except BundleError as e:
+        return f"unknown (unreadable {e})"
+    value = data.get("expected_outputs") if isinstance(data, dict) else None
     return str(value)[:200] if value else "unknown (not stated in bundle.json)"
 
 
@@ -155,7 +156,9 @@ _MOVED_TO_EXPORT = ("export_to", "export_bundle", "export_variant_via_torch", "e
 
 def _faithful_export_to(*args, **kwargs):
     """``export_to`` as it was here: the plain graph unless a rewrite is asked for (the
-    library's own default is now the fastest exact graph, as the CLI's)."""
+    library's own default is now the fastest exact graph, as the CLI's). One difference remains:
+    ``absorb_shuffle=True`` without ``pad_channels`` now pads as well (as the CLI always did);
+    ``export_onnx(..., absorb_shuffle=True)`` writes the absorbed graph alone."""
     from .export import export_to
 
     if not kwargs.get("pad_channels") and not kwargs.get("absorb_shuffle"):

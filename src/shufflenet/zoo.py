@@ -255,7 +255,8 @@ class _ZooBuild:
         except (ShuffleNetError, OSError, ValueError, RuntimeError) as e:
             result.error = one_line(e)
         except Exception as e:  # an unexpected failure of one artifact must not stop the others
-            result.error = f"{type(e).__name__}: {e} ({traceback.format_exc(limit=1).splitlines()[-1]})"
+            where = traceback.extract_tb(e.__traceback__)[-1]  # the innermost frame: where it failed
+            result.error = " ".join(f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})".split())
         result.seconds = time.perf_counter() - t0
         self.built[art.name] = result
         return result
