@@ -52,20 +52,16 @@ def consumers(nodes: Iterable) -> dict[str, list[tuple[object, int]]]:
 
 
 def ort_session(model: onnx.ModelProto, *, threads: int | None = None,
-                providers: Sequence[str] | None = None, optimization: str | None = None,
-                sequential: bool = False):
-    """An ONNX Runtime session on ``model``. ``threads``: intra-op threads (inter-op pinned to 1);
-    None keeps ONNX Runtime's default. ``optimization``: "all", "none", or None for ONNX
-    Runtime's default level. Errors are ONNX Runtime's own; callers say what failed."""
+                providers: Sequence[str] | None = None, graph_optimizations: bool = True):
+    """An ONNX Runtime session on ``model`` with ONNX Runtime's defaults (all graph optimisations,
+    sequential execution). ``threads``: intra-op threads (inter-op pinned to 1); None keeps
+    ONNX Runtime's default. ``graph_optimizations=False`` runs the graph exactly as written.
+    Errors are ONNX Runtime's own; callers say what failed."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    if optimization is not None:
-        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                  "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
-        opts.graph_optimization_level = levels[optimization]
-    if sequential:
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not graph_optimizations:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

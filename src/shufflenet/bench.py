@@ -48,10 +48,11 @@ def _rss_mb() -> float:
 
 def ort_session(model: onnx.ModelProto, threads: int | None, *, defaults: bool = False,
                 optimize: bool = True):
-    """An ORT session: ``defaults`` = what a user gets with no options (the zoo recipe), else
-    pinned threads, all graph optimisations, sequential execution. ``optimize``: the runtime's
-    exact load-time rewrites (``onnx_optimize``), as classify and evaluate apply them. The thread
-    count is a benchmark axis: pinned in both."""
+    """An ORT session with ONNX Runtime's default options (all graph optimisations, sequential
+    execution: what a user gets, the zoo recipe) and ``threads`` pinned (a benchmark axis).
+    ``defaults`` is accepted for old callers and changes nothing: the options it used to drop
+    are ONNX Runtime's defaults. ``optimize``: the runtime's exact load-time rewrites
+    (``onnx_optimize``), as classify and evaluate apply them."""
     from .onnx_legacy import upgrade_to_opset7
 
     model = upgrade_to_opset7(model)
@@ -59,19 +60,17 @@ def ort_session(model: onnx.ModelProto, threads: int | None, *, defaults: bool =
         from .onnx_optimize import optimize_for_inference
 
         model = optimize_for_inference(model)
-    if defaults:
-        return _new_session(model, threads=threads)
-    return _new_session(model, threads=threads, optimization="all", sequential=True)
+    return _new_session(model, threads=threads)
 
 
 class _Runner:
     def __init__(self, model: onnx.ModelProto, backend: str, threads: int, precision: str | None,
-                 ort_defaults: bool, optimize: bool = True) -> None:
+                 optimize: bool = True) -> None:
         self.backend = backend
         self.input = input_names(model)[0]
         self.precision = "f32"
         if backend == "onnxruntime":
-            self.sess = ort_session(model, threads, defaults=ort_defaults, optimize=optimize)
+            self.sess = ort_session(model, threads, optimize=optimize)
             self.run = lambda x: self.sess.run(None, {self.input: x})
         else:
             try:
@@ -123,7 +122,6 @@ class _Plan:
     step: int  # consecutive timed runs of one model per round
     backend: str
     precision: str | None
-    ort_defaults: bool
     optimize: bool
     mode: str
 
@@ -134,7 +132,8 @@ def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, thread
           optimize: bool = True, progress=None) -> dict:
     """Benchmark ``models`` (paths or names, see Classifier) in every (threads, batch) config,
     ``runs`` timed runs per model: in blocks of ``block`` consecutive runs per model and round
-    (``mode="blocked"``) or one run per model in turn (``"interleaved"``)."""
+    (``mode="blocked"``) or one run per model in turn (``"interleaved"``). ``ort_defaults`` is
+    accepted for old callers and changes nothing (see :func:`ort_session`)."""
     if backend not in BACKENDS:
         raise BenchError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if mode not in MODES:
@@ -145,7 +144,7 @@ def bench(models: list[str], *, batches: tuple[int, ...] = BENCH_BATCHES, thread
     if runs < 1 or warmup < 0 or block < 1:
         raise BenchError("runs and block must be positive and warmup non-negative")
     plan = _Plan(runs, warmup, 1 if mode == "interleaved" else min(block, runs), backend, precision,
-                 ort_defaults, optimize, mode)
+                 optimize, mode)
     protos = [(m if isinstance(m, (str, os.PathLike)) else getattr(m.graph, "name", "model"), resolve_model(m)[0])
               for m in models]
     for name, proto in protos:  # before any model is loaded and timed
@@ -166,7 +165,7 @@ def _bench_config(protos: list, threads: int, batch: int, plan: _Plan, rng: np.r
     for name, proto in protos:
         before = _rss_mb()
         t0 = time.perf_counter()
-        r = _Runner(proto, plan.backend, threads, plan.precision, plan.ort_defaults, plan.optimize)
+        r = _Runner(proto, plan.backend, threads, plan.precision, plan.optimize)
         load = (time.perf_counter() - t0) * 1e3
         x = rng.standard_normal(input_shape(proto, batch)).astype(np.float32)
         for _ in range(max(plan.warmup, 1)):
@@ -198,7 +197,7 @@ def _env(plan: _Plan) -> dict:
 
     return {"onnxruntime": onnxruntime.__version__, "cpu": _cpu_name(), "cores": os.cpu_count(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "ort_session": "defaults" if plan.ort_defaults else "ORT_ENABLE_ALL, sequential, pinned threads",
+            "ort_session": "ONNX Runtime's defaults (ORT_ENABLE_ALL, sequential), pinned threads",
             "mode": plan.mode if plan.mode == "interleaved" else
             f"blocked ({plan.step} consecutive runs per model and round)",
             "load_time_rewrites": plan.optimize,

@@ -936,7 +936,9 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
                    help=f"inference engine (openvino needs the extra; default {BENCH_BACKENDS[0]})")
     p.add_argument("--precision", choices=BENCH_PRECISIONS,
                    help="with --backend openvino: its INFERENCE_PRECISION_HINT (default: OpenVINO's own, printed)")
-    p.add_argument("--ort-defaults", action="store_true", help="ORT session with default options")
+    p.add_argument("--ort-defaults", action="store_true",
+                   help="no effect, kept so old command lines run: every session uses ONNX Runtime's default "
+                        "options (all graph optimisations, sequential) with pinned threads")
     p.add_argument("--block", type=_positive_int,
                    help=f"consecutive runs of one model per round (weights stay in cache, as in deployment; "
                         f"default {BENCH_BLOCK})")

@@ -129,7 +129,7 @@ def _probe(model: onnx.ModelProto, candidates: list[str], types: dict[str, int])
     rng = np.random.default_rng(0)
     values: list[dict[str, np.ndarray]] = []
     batches = _batches(model, PROBE_BATCHES)  # a fixed batch: every shape is static, one probe
-    sess = ort_session(probe, optimization="none")  # the graph as written: no tensor fused away
+    sess = ort_session(probe, graph_optimizations=False)  # the graph as written: no tensor fused away
     for b in batches * (2 // len(batches)):
         res = sess.run(candidates, _inputs(probe, b, rng))
         values.append(dict(zip(candidates, res)))
@@ -204,7 +204,7 @@ def _check_same(before: onnx.ModelProto, after: onnx.ModelProto, atol: float) ->
     rng = np.random.default_rng(1)
     runs = []
     try:  # ORT errors are not ours to show raw
-        sessions = [ort_session(m, optimization="none") for m in (before, after)]
+        sessions = [ort_session(m, graph_optimizations=False) for m in (before, after)]
         for batch in _batches(before, (1, 4)):
             feeds = _inputs(before, batch, rng)
             runs.append((batch, *(s.run(None, feeds) for s in sessions)))
