@@ -209,3 +209,20 @@ def test_external_data_must_stay_inside_the_bundle(tmp_path):
     onnx.save(m, str(outside / "model.onnx"))
     with pytest.raises(UnsafeFileError):
         load_model_checked(outside / "model.onnx")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07"], ids=["empty", "ir-version-only"])
+def test_a_file_that_parses_as_an_empty_model_is_refused(tmp_path, capsys, content):
+    """protobuf reads an empty file (or one holding a lone field) as a ModelProto without a
+    graph: every command that loads a model says so in one line instead of an IndexError."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(content)
+    with pytest.raises(BundleError, match="not an ONNX model"):
+        load_model_checked(model)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    for argv in (["classify", str(image), "--model", str(model)], ["bench", str(model)],
+                 ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not an ONNX model" in err, (argv, err)

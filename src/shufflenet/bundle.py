@@ -30,6 +30,7 @@ from ._safeio import read_capped, regular_file
 from .errors import ShuffleNetError, UnsafeFileError
 from .limits import MAX_MEMBER_BYTES, MAX_MEMBERS, MAX_MODEL_BYTES, MAX_TENSOR_BYTES, MAX_UNPACKED_BYTES
 from ._io import atomic_write, one_line
+from ._onnx import graph_inputs
 
 __all__ = ["BundleError", "TestSet", "write_bundle", "pack_tar", "safe_extract", "find_test_sets",
            "locate_model", "is_archive", "load_model_checked", "load_any_model", "BUNDLE_METADATA", "MAX_MEMBERS",
@@ -359,6 +360,8 @@ def load_model_checked(path: str | os.PathLike) -> onnx.ModelProto:
         model.ParseFromString(data)
     except Exception as e:
         raise BundleError(f"{path}: not a readable ONNX model ({e})") from None
+    if not graph_inputs(model) or not model.graph.output:  # an empty file parses as an empty model
+        raise BundleError(f"{path}: not an ONNX model (no graph inputs or outputs)")
     root = path.parent.resolve()
     for t in all_tensors(model):
         _check_tensor_size(t, path)
