@@ -156,6 +156,16 @@ def test_plan_and_bad_names():
     assert len(plan("all")) == 10 + 2 * 24
     with pytest.raises(ZooError, match="neither"):
         plan(["shufflenet-99"])
+    # the library takes the CLI's spelling too: one comma-separated string (it was split letter by letter)
+    assert plan("shufflenet-v2-12-int8, shufflenet-9") == plan(["shufflenet-v2-12-int8", "shufflenet-9"])
+    assert [a.name for a in plan("shufflenet-9")] == ["shufflenet-9"]
+
+
+def test_missing_data_folders_are_refused_before_any_build(tmp_path, capsys):
+    for flag in ("--calib", "--eval-data"):
+        assert main(["zoo", "build", "-o", str(tmp_path / "z"), flag, str(tmp_path / "nope")]) == 2
+        assert f"{flag} {tmp_path / 'nope'}: not a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing built, no staging folder left
 
 
 @pytest.mark.slow

@@ -798,7 +798,6 @@ def _args_quantize(p: argparse.ArgumentParser) -> None:
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from .zoo import build
 
-    variants = args.variants if args.variants in ("zoo", "all") else [v.strip() for v in args.variants.split(",") if v.strip()]
     with Bar("zoo build", args.quiet or args.json, unit="artifact") as bar:
 
         def progress(done, total, result):
@@ -806,7 +805,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             if not result.ok and not args.json:
                 bar.write(f"shufflenet zoo: {result.artifact.name} failed: {result.error}")
 
-        summary = build(args.out, weights=args.weights, variants=variants, calib=args.calib, force=args.force,
+        summary = build(args.out, weights=args.weights, variants=args.variants, calib=args.calib, force=args.force,
                         eval_data=args.eval_data, label_file=args.label_file, batch=args.batch, progress=progress)
     if args.json:
         _print_json(summary)

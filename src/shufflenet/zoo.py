@@ -92,11 +92,14 @@ def onnx_release(opset: int, ir_version: int | None = None) -> str:
 
 
 def plan(variants: str | list[str] = "zoo") -> list[Artifact]:
-    """The artifacts to build: "zoo" (the seed table), "all" (+ every variant), or a list of
-    zoo artifact names (``shufflenet-9``, ``shufflenet-v2-12-int8`` ...) and variant names."""
+    """The artifacts to build: "zoo" (the seed table), "all" (+ every variant), or zoo artifact
+    names (``shufflenet-9``, ``shufflenet-v2-12-int8`` ...) and variant names, as a list or one
+    comma-separated string."""
     if variants == "zoo":
         return list(ZOO)
     zoo = {a.name: a for a in ZOO}
+    if isinstance(variants, str) and variants != "all":
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
     names = [v for v in list_variants() if v != "shufflenet_v1_caffe2"] if variants == "all" else list(variants)
     picked = [zoo[v] for v in names if v in zoo]
     for a in list(picked):  # a quantized row needs its fp32 source
@@ -178,6 +181,9 @@ def build(out: str | os.PathLike, *, weights: str = ZOO_WEIGHTS, variants: str |
         raise ZooError("a label file labels --eval-data; give --eval-data too")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ZooError(f"batch must be a positive integer, got {batch!r}")
+    for what, folder in (("--calib", calib), ("--eval-data", eval_data)):
+        if folder is not None and not Path(folder).is_dir():  # refused before any model is built
+            raise ZooError(f"{what} {folder}: not a folder")
     final = Path(out)
     _check_target(final, force)
     items = plan(variants)  # bad names are refused before any work
