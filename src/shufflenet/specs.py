@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import SpecError, UnknownVariantError
-from .options import INPUT_SIZES, RESIZE_MODES  # noqa: F401  (INPUT_SIZES: an architecture fact)
+from .options import RESIZE_MODES
 
 __all__ = [
     "Node",

@@ -28,8 +28,8 @@ from ._io import atomic_write, class_folders, image_files, import_torch, one_lin
 from ._safeio import dumps as strict_dumps
 from .errors import ShuffleNetError
 from .preprocess import load_image, preprocess_pil
-from .options import AMP_MODES, OPTIMIZERS, TRAIN_DEFAULTS
-from .specs import INPUT_SIZES, Preprocess, get_spec
+from .options import AMP_MODES, INPUT_SIZES, OPTIMIZERS, TRAIN_DEFAULTS
+from .specs import Preprocess, get_spec
 from .weights import init_weights, resolve_weights, save_weights, weights_digest
 
 __all__ = ["TrainConfig", "TrainError", "train", "resume", "find_images"]
