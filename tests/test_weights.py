@@ -146,3 +146,21 @@ def test_random_weights_memoised_returns_private_copies():
     g1 = random_weights("shufflenet_v2_x0_5", seed=gen, num_classes=10)
     g2 = random_weights("shufflenet_v2_x0_5", seed=gen, num_classes=10)
     assert not np.array_equal(g1["fc.weight"], g2["fc.weight"])
+
+
+def test_weights_from_a_loaded_model_equal_those_from_its_file(tmp_path):
+    """A ModelProto in memory reads as its file does (export's reference outputs use this,
+    without a round trip through a temp file)."""
+    import numpy as np
+    import onnx
+
+    from shufflenet.onnx_export import export_onnx
+    from shufflenet.specs import get_spec
+    from shufflenet.weights import weights_from_onnx
+
+    spec = get_spec("shufflenet_v2_x0_5")
+    model = export_onnx(spec.name, weights="random:3")
+    onnx.save(model, tmp_path / "m.onnx")
+    from_file, in_memory = weights_from_onnx(tmp_path / "m.onnx", spec), weights_from_onnx(model, spec)
+    assert sorted(from_file) == sorted(in_memory)
+    assert all(np.array_equal(from_file[k], in_memory[k]) for k in from_file)

@@ -11,7 +11,6 @@ A bundle's expected outputs come from an independent computation where one exist
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -200,12 +199,10 @@ def _description_weights(model: onnx.ModelProto, spec: VariantSpec) -> tuple[dic
     from .errors import WeightsError
     from .weights import weights_from_onnx
 
-    with tempfile.TemporaryDirectory(prefix="shufflenet-ref-") as tmp:
-        onnx.save(model, f"{tmp}/m.onnx")
-        try:
-            return weights_from_onnx(f"{tmp}/m.onnx", spec), None
-        except WeightsError as e:
-            return None, f"weights not readable from the model ({e})"
+    try:
+        return weights_from_onnx(model, spec), None
+    except WeightsError as e:
+        return None, f"weights not readable from the model ({e})"
 
 
 def _independent_outputs(spec: VariantSpec, weights: dict, n_classes: int | None, inputs: list[np.ndarray],

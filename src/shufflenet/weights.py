@@ -554,25 +554,30 @@ def _num_classes(raw: Mapping[str, np.ndarray], spec: VariantSpec, num_classes: 
 # --------------------------------------------------------------------------- ONNX initializers
 
 
-def weights_from_onnx(path: str | os.PathLike, spec: VariantSpec, num_classes: int | None = None) -> Weights:
-    """The weights of a .onnx of the same architecture (ours, the zoo's, a torch export).
+def weights_from_onnx(path, spec: VariantSpec, num_classes: int | None = None) -> Weights:
+    """The weights of a .onnx of the same architecture (ours, the zoo's, a torch export); ``path``
+    may also be a loaded ``onnx.ModelProto`` (then named by its graph in errors).
 
     Matched by name first (our keys; Caffe2 converter names with their ``_0`` suffix), then by
     structure: the Conv / BatchNormalization / Gemm nodes in graph order against the description,
     shapes checked. A model whose BatchNorms were folded into its convolutions gives the same
     network with identity BatchNorms (gamma 1, beta = folded bias, mean 0, var 1 - eps).
     """
+    import onnx
     from onnx import numpy_helper
 
     from .bundle import load_model_checked
 
-    path = Path(path)
-    try:
-        model = load_model_checked(path)  # external data: read from the model's folder, checked
-    except (UnsafeFileError, WeightsError):
-        raise
-    except Exception as e:  # BundleError
-        raise WeightsError(str(e)) from None
+    if isinstance(path, onnx.ModelProto):
+        model, path = path, f"model {path.graph.name or '(unnamed)'}"
+    else:
+        path = Path(path)
+        try:
+            model = load_model_checked(path)  # external data: read from the model's folder, checked
+        except (UnsafeFileError, WeightsError):
+            raise
+        except Exception as e:  # BundleError
+            raise WeightsError(str(e)) from None
     inits = {}
     for t in model.graph.initializer:
         try:
@@ -613,7 +618,7 @@ def _unpad(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(cut)
 
 
-def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
+def _weights_by_structure(model, inits, graph: Graph, path) -> Weights:
     """Pair the model's Conv/BatchNormalization/Gemm nodes with the description's layers in
     order; without BatchNorms (folded), identity BatchNorms carry the convolutions' biases."""
     onnx_layers = _onnx_layers(model, inits, path)
@@ -647,7 +652,7 @@ def _weights_by_structure(model, inits, graph: Graph, path: Path) -> Weights:
     return out
 
 
-def _onnx_layers(model, inits, path: Path) -> list[tuple[str, list[np.ndarray]]]:
+def _onnx_layers(model, inits, path) -> list[tuple[str, list[np.ndarray]]]:
     """(op type, parameter arrays) of each Conv/BatchNormalization/Gemm node in graph order; a
     Gemm's weight as (out, in) whatever its transB."""
     from onnx import helper
