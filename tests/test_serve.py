@@ -509,11 +509,14 @@ def test_cli_errors_are_one_line(model_path, capsys):
         assert main(["serve", "--model", str(model_path), "--port", str(port), "--threads", "1"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("shufflenet serve: error: cannot listen on") and err.count("\n") == 1
-    for port in ("99999", "-1"):  # refused before any model loads (99999 was a traceback)
-        assert main(["serve", "--model", "missing.onnx", "--port", port]) == 2
-        err = capsys.readouterr().err
-        assert err == (f"shufflenet serve: error: cannot listen on 127.0.0.1:{port}: "
-                       "the port must be 0 to 65535 (0: a free one)\n")
+    # the CLI refuses a bad --port as a usage error (tests/test_cli_conventions.py); the library
+    # refuses it too, for callers of serve(): one line, before any model loads (99999 was a traceback)
+    from shufflenet.serve import ServeError, serve
+
+    for port in (99999, -1):
+        with pytest.raises(ServeError) as e:
+            serve(["missing.onnx"], port=port)
+        assert str(e.value) == f"cannot listen on 127.0.0.1:{port}: the port must be 0 to 65535 (0: a free one)"
 
 
 def test_options_and_app_arguments(model_path):
